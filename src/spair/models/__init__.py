@@ -1,0 +1,1 @@
+"""Models: SPAIR, the ConnComp baseline, AIR/DAIR, and the ops they share."""
