@@ -1,0 +1,1 @@
+"""Experiments: one module per experiment of the paper, plus the demo."""

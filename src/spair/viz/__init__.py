@@ -1,0 +1,1 @@
+"""Figures: boxes drawn on images, reconstructions, glimpses, training curves."""
