@@ -1,0 +1,172 @@
+"""Sprite rendering ("inverse spatial transformer") and glimpse extraction.
+
+Rendering follows the authors' `render_sprites` op (spec section 5.3). For output pixel p and sprite
+i with normalized box (y_t, x_t, y_s, x_s) (top-left corner and size as fractions of the image), the
+sprite-frame coordinates of p are
+
+    u = s_w·((p_x + ½)/W − x_t)/x_s − ½,    v = s_h·((p_y + ½)/H − y_t)/y_s − ½            (R1)
+
+Sprite i *covers* p iff −1 < u < s_w and −1 < v < s_h (the support of bilinear sampling). With
+bilinear samples (zero padding) α_i(p) and w_i(p) of the sprite's alpha and importance maps, and a
+colour c_i(p) that uses the background bg(p) for taps falling outside the sprite,
+
+    val_i(p) = α_i(p)·c_i(p) + (1 − α_i(p))·bg(p)                                        (R2)
+    out(p)   = Σ_{i covers p} w_i(p)·val_i(p) / Σ_{i covers p} w_i(p),  or bg(p) if none  (R3)
+
+so the image is an importance-weighted average of "object over background" layers; a large
+importance (depth) makes an object dominate where objects overlap. Because w ≥ 0.01 on every sprite
+pixel and zero outside, Σ_i w_i(p) > 0 exactly where some sprite covers p, which lets (R3) be
+written without an explicit mask:
+
+    out(p) = bg(p) + Σ_i w_i α_i (S_i[rgb] − m_i·bg) / Σ_i w_i
+
+where S_i[rgb] is the bilinear sample of the colour map and m_i(p) ∈ [0, 1] is the bilinear weight
+that falls inside sprite i (computed in closed form below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def inside_mass(coord: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear weight that falls on sprite pixels along one axis, for sprite coordinate ``coord``
+    (pixel centres at 0..size−1): 1 inside, linear ramps over (−1, 0) and (size − 1, size), 0 beyond."""
+    return torch.minimum(coord + 1.0, size - coord).clamp(0.0, 1.0)
+
+
+def sprite_grid(boxes: torch.Tensor, out_hw: tuple[int, int], y0: int = 0, x0: int = 0,
+                win_hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized sampling grids (R1) of each sprite over output pixels.
+
+    ``boxes``: (..., 4) normalized (y_t, x_t, y_s, x_s). Returns ``gy`` (..., h) and ``gx`` (..., w)
+    in grid_sample's [−1, 1] convention (align_corners=False) for the pixel rows/cols
+    ``y0 .. y0 + h − 1`` and ``x0 .. x0 + w − 1`` (``y0``/``x0`` may be tensors of shape (...) for
+    per-sprite windows).
+    """
+    H, W = out_hw
+    h, w = win_hw if win_hw is not None else out_hw
+    yt, xt, ys, xs = boxes.unbind(-1)
+    ry = torch.arange(h, dtype=boxes.dtype, device=boxes.device)
+    rx = torch.arange(w, dtype=boxes.dtype, device=boxes.device)
+    py = (torch.as_tensor(y0, dtype=boxes.dtype, device=boxes.device)[..., None] + ry + 0.5) / H
+    px = (torch.as_tensor(x0, dtype=boxes.dtype, device=boxes.device)[..., None] + rx + 0.5) / W
+    gy = 2.0 * (py - yt[..., None]) / ys[..., None] - 1.0
+    gx = 2.0 * (px - xt[..., None]) / xs[..., None] - 1.0
+    return gy, gx
+
+
+def render(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
+           background: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Composite N sprites per image onto the background, over the whole image (R1–R3).
+
+    rgb (B, N, 3, sh, sw), alpha and importance (B, N, 1, sh, sw) in sprite space (alpha already
+    gated by presence, importance already floored); boxes (B, N, 4) normalized (y_t, x_t, y_s, x_s);
+    background broadcastable to (B, 3, H, W). Returns (B, 3, H, W). Cost O(B·N·H·W).
+    """
+    B, N, _, sh, sw = rgb.shape
+    H, W = out_hw
+    gy, gx = sprite_grid(boxes, out_hw)                                       # (B,N,H), (B,N,W)
+    grid = torch.stack(torch.broadcast_tensors(gx[..., None, :, None], gy[..., :, None, None]), -1)
+    grid = grid.reshape(B * N, H, W, 2)
+    maps = torch.cat([rgb, alpha, importance], dim=2).reshape(B * N, 5, sh, sw)
+    s = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    s = s.reshape(B, N, 5, H, W)
+    s_rgb, s_alpha, s_w = s[:, :, :3], s[:, :, 3:4], s[:, :, 4:5]
+    # bilinear weight inside each sprite, separable: m = m_y(v) * m_x(u)
+    v = (gy + 1.0) * (sh / 2.0) - 0.5
+    u = (gx + 1.0) * (sw / 2.0) - 0.5
+    m = inside_mass(v, sh)[..., :, None] * inside_mass(u, sw)[..., None, :]   # (B,N,H,W)
+    bg = background.expand(B, 3, H, W)
+    wa = s_w * s_alpha                                                        # (B,N,1,H,W)
+    num = (wa * (s_rgb - m[:, :, None] * bg[:, None])).sum(1)                 # (B,3,H,W)
+    den = s_w.sum(1)                                                          # (B,1,H,W)
+    return bg + num / den.clamp(min=1e-12)
+
+
+def extract_glimpses(images: torch.Tensor, boxes: torch.Tensor, glimpse_hw: tuple[int, int]) -> torch.Tensor:
+    """Read a glimpse of size ``glimpse_hw`` from each box (spec section 3.4).
+
+    images (B, C, H, W); boxes (B, n, 4) normalized (y_t, x_t, y_s, x_s). Bilinear sampling with
+    clamped coordinates (edge pixels replicated) and the corner-aligned grid of the authors' sampler:
+    glimpse pixel k samples x = (W − 1)·(left + size·k/(g − 1)). Returns (B, n, C, gh, gw).
+    """
+    B, C, H, W = images.shape
+    n = boxes.shape[1]
+    gh, gw = glimpse_hw
+    yt, xt, ys, xs = boxes.unbind(-1)
+    lin_y = torch.linspace(-1.0, 1.0, gh, dtype=images.dtype, device=images.device)
+    lin_x = torch.linspace(-1.0, 1.0, gw, dtype=images.dtype, device=images.device)
+    cy = 2.0 * (yt + ys / 2) - 1.0
+    cx = 2.0 * (xt + xs / 2) - 1.0
+    gy = cy[..., None] + ys[..., None] * lin_y                                # (B,n,gh)
+    gx = cx[..., None] + xs[..., None] * lin_x                                # (B,n,gw)
+    grid = torch.stack(torch.broadcast_tensors(gx[..., None, :], gy[..., :, None]), -1)  # (B,n,gh,gw,2)
+    out = F.grid_sample(images, grid.reshape(B, n * gh, gw, 2), mode="bilinear",
+                        padding_mode="border", align_corners=True)            # (B,C,n*gh,gw)
+    return out.reshape(B, C, n, gh, gw).permute(0, 2, 1, 3, 4)
+
+
+def window_origin(boxes: torch.Tensor, out_hw: tuple[int, int], sprite_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """First pixel row/column that a sprite can cover: the smallest p with v > −1 in (R1) is above
+    y_t·H − y_s·H/(2 s_h) − ½. Returns integer tensors (...,) of that floor."""
+    H, W = out_hw
+    sh, sw = sprite_hw
+    yt, xt, ys, xs = boxes.unbind(-1)
+    y0 = torch.floor(yt * H - ys * H / (2 * sh) - 0.5).to(torch.long)
+    x0 = torch.floor(xt * W - xs * W / (2 * sw) - 0.5).to(torch.long)
+    return y0, x0
+
+
+def window_size(max_size_px: tuple[float, float], sprite_hw: tuple[int, int]) -> tuple[int, int]:
+    """Height/width of a pixel window that holds everything a sprite of at most ``max_size_px`` covers
+    (its support spans size·(1 + 1/s) pixels; +2 for the floor of the origin and the open ends)."""
+    return tuple(int(math.ceil(m * (1.0 + 1.0 / s))) + 2 for m, s in zip(max_size_px, sprite_hw))  # type: ignore[return-value]
+
+
+def sample_windows(maps: torch.Tensor, boxes: torch.Tensor, out_hw: tuple[int, int],
+                   win_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear samples of sprite maps over each sprite's own pixel window (cost O(N · window)).
+
+    maps (B, N, C, sh, sw); boxes (B, N, 4). Returns ``samples`` (B, N, C, wh, ww), the inside mass
+    ``m`` (B, N, wh, ww) and the window origins ``y0``, ``x0`` (B, N) in image pixels. Window pixels
+    outside the image are included; callers mask them.
+    """
+    B, N, C, sh, sw = maps.shape
+    wh, ww = win_hw
+    y0, x0 = window_origin(boxes, out_hw, (sh, sw))
+    gy, gx = sprite_grid(boxes, out_hw, y0, x0, win_hw)                       # (B,N,wh), (B,N,ww)
+    grid = torch.stack(torch.broadcast_tensors(gx[..., None, :, None], gy[..., :, None, None]), -1)
+    s = F.grid_sample(maps.reshape(B * N, C, sh, sw), grid.reshape(B * N, wh, ww, 2), mode="bilinear",
+                      padding_mode="zeros", align_corners=False).reshape(B, N, C, wh, ww)
+    v = (gy + 1.0) * (sh / 2.0) - 0.5
+    u = (gx + 1.0) * (sw / 2.0) - 0.5
+    m = inside_mass(v, sh)[..., :, None] * inside_mass(u, sw)[..., None, :]
+    return s, m, y0, x0
+
+
+def mask_extents(mask: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
+                 out_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extent of True pixels of per-sprite window masks (..., wh, ww) in image pixels.
+
+    Pixels outside the image are ignored. Returns boxes (..., 4) as (x0, y0, x1, y1) with the
+    continuous convention (pixel j spans [j, j+1)) and a bool (...,) telling whether any pixel was set.
+    """
+    H, W = out_hw
+    wh, ww = mask.shape[-2:]
+    rows = y0[..., None] + torch.arange(wh, device=mask.device)                # (..., wh)
+    cols = x0[..., None] + torch.arange(ww, device=mask.device)
+    mask = mask & ((rows >= 0) & (rows < H))[..., :, None] & ((cols >= 0) & (cols < W))[..., None, :]
+    any_row = mask.any(-1)                                                    # (..., wh)
+    any_col = mask.any(-2)                                                    # (..., ww)
+    found = any_row.any(-1)
+    big = torch.iinfo(torch.long).max
+    r_first = torch.where(any_row, rows, big).amin(-1)
+    r_last = torch.where(any_row, rows, -1).amax(-1)
+    c_first = torch.where(any_col, cols, big).amin(-1)
+    c_last = torch.where(any_col, cols, -1).amax(-1)
+    boxes = torch.stack([c_first, r_first, c_last + 1, r_last + 1], -1).to(torch.float32)
+    return torch.where(found[..., None], boxes, torch.zeros_like(boxes)), found
