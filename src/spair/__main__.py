@@ -1,8 +1,6 @@
 """``python -m spair``: the same command line as the ``spair`` console script."""
 
-import sys
-
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -387,6 +387,26 @@ register_method(Method("conncomp", "connected components of pixels that differ f
                        _conncomp_arguments, _conncomp_options))
 
 
+def _spair_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                       help="spair: model file (.safetensors, or a training checkpoint .pt); "
+                            "default: the pretrained model shipped with the package")
+    group.add_argument("--box-mode", choices=("ink", "window"), default="ink",
+                       help="spair: box = extent of the object's visible ink, or its sprite window")
+    group.add_argument("--min-score", type=_float_in(0.0, 1.0), default=0.5, metavar="P",
+                       help="spair: report objects whose presence probability is at least P")
+    group.add_argument("--sample", choices=("mean", "hard"), default="mean",
+                       help="spair: deterministic inference, or the paper's stochastic samples")
+
+
+def _spair_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"checkpoint": None if args.checkpoint is None else str(args.checkpoint), "box_mode": args.box_mode,
+            "min_score": float(args.min_score), "sample": args.sample}
+
+
+register_method(Method("spair", "the SPAIR model (pretrained, or --checkpoint)", _spair_arguments, _spair_options))
+
+
 def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
                         help="detection method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
@@ -796,20 +816,42 @@ def run_detection(args: argparse.Namespace, detector, inputs: list[tuple[Path, s
 
     run = DetectionRun(n_images=len(inputs))
     overlay_names = _overlay_names([name for _, name in inputs]) if args.overlay_dir is not None else None
-    for index, (path, name) in enumerate(_progress(args, inputs, desc="detect")):
+    chunk = 32
+    starts = range(0, len(inputs), chunk)
+    bar = _progress(args, range(len(inputs)), desc="detect") if len(inputs) >= _PROGRESS_MIN else None
+    for start in starts:
+        indices, images = [], []
+        for index in range(start, min(start + chunk, len(inputs))):
+            try:
+                images.append(read_image(inputs[index][0], max_pixels=max_pixels))
+                indices.append(index)
+            except SpairError as e:  # unreadable file
+                run.failures.append(str(e))
         try:
-            image = read_image(path, max_pixels=max_pixels)
-            detections = detector.detect([image], backgrounds=None if background is None else [background])[0]
-        except SpairError as e:  # unreadable file, or an image the detector cannot take
-            run.failures.append(str(e))
-            continue
-        boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(detections.scores, dtype=np.float64).reshape(-1)
-        for box, score in zip(boxes, scores):
-            run.results.append({"file_name": name, "image_id": image_ids[index], "category_id": CATEGORY["id"],
-                                "bbox": coco_bbox(box), "score": round(float(score), 6)})
-        if overlay_names is not None:
-            save_png(args.overlay_dir / overlay_names[index], overlay(image, boxes))
+            found = detector.detect(images, backgrounds=None if background is None else [background] * len(images))
+        except SpairError:
+            found = []  # one image the detector cannot take: retry one by one to name it
+            for index, image in zip(indices, images):
+                try:
+                    found.append(detector.detect([image], None if background is None else [background])[0])
+                except SpairError as e:
+                    run.failures.append(f"{inputs[index][1]}: {e}")
+                    found.append(None)
+        for index, image, detections in zip(indices, images, found):
+            if detections is None:
+                continue
+            name = inputs[index][1]
+            boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+            scores = np.asarray(detections.scores, dtype=np.float64).reshape(-1)
+            for box, score in zip(boxes, scores):
+                run.results.append({"file_name": name, "image_id": image_ids[index], "category_id": CATEGORY["id"],
+                                    "bbox": coco_bbox(box), "score": round(float(score), 6)})
+            if overlay_names is not None:
+                save_png(args.overlay_dir / overlay_names[index], overlay(image, boxes))
+        if bar is not None:
+            bar.update(min(chunk, len(inputs) - start))
+    if bar is not None:
+        bar.close()
     return run
 
 
@@ -1079,3 +1121,125 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(args.out, n_scenes=args.num, log=lambda msg: _say(args, msg),
              progress=lambda it, desc="": _progress(args, it, desc=desc), command=_command_line(args))
     return 0
+
+
+# =============================================================================================
+# spair train / spair export
+# =============================================================================================
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, metavar="NAME",
+                     help="start from a named configuration: demo, pretrained, paper, tiny (default: demo)")
+    src.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="start from a JSON or TOML configuration file (e.g. a run's config.json)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="settings to change, e.g. optim.lr=3e-4 model.n_lookback=0 data.n_train=5000")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="run folder; if it holds a checkpoint of the same config, training resumes from it")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="train one run per seed into DIR/seed<S> and report mean, sd and success rate")
+    p.add_argument("--success-ap", type=_float_in(0.0, 1.0), default=0.9, metavar="AP",
+                   help="with --seeds: a run succeeds when its test SPAIR-AP reaches AP")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """The TrainConfig of ``--preset``/``--config`` with the KEY=VALUE overrides applied."""
+    from .config import apply_overrides, from_dict, load_config_file
+    from .training.config import TrainConfig
+    from .training.presets import get_preset
+
+    if args.config is not None:
+        cfg = from_dict(TrainConfig, load_config_file(args.config))
+    else:
+        cfg = get_preset(args.preset or "demo")
+    return apply_overrides(cfg, list(args.overrides))
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got '{text}'") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct non-negative integers, got '{text}'")
+    return seeds
+
+
+@command("train", "train SPAIR (resumes automatically; several seeds with --seeds)", _train_arguments,
+         description="Train SPAIR from a preset or a config file with KEY=VALUE overrides. The run folder\n"
+                     "gets config.json, last.pt and best.pt (best validation SPAIR-AP), metrics.jsonl,\n"
+                     "summary.json (with the test metrics of best.pt) and TensorBoard logs in tb/.\n"
+                     "Running the same command again resumes from last.pt; a changed config is refused.",
+         examples=("spair train --preset demo --out runs/demo-train",
+                   "spair train --preset demo --out runs/lr3e-4 optim.lr=3e-4 optim.max_steps=5000",
+                   "spair train --preset demo --out runs/seeds --seeds 0,1,2,3,4",
+                   "spair train --config runs/demo-train/config.json --out runs/again"))
+def _train(args: argparse.Namespace) -> int:
+    from .config import to_dict
+
+    cfg = resolve_train_config(args)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    if args.seeds is not None:
+        from .training.multiseed import train_seeds
+
+        summary = train_seeds(cfg, parse_seeds(args.seeds), args.out, success_ap=args.success_ap,
+                              progress=not args.quiet, tensorboard=not args.no_tensorboard,
+                              log=lambda msg: _say(args, msg), command=_command_line(args))
+        _say(args, summary["report"])
+        return 0
+    from .training.trainer import Trainer
+
+    Trainer(cfg, args.out, progress=not args.quiet, tensorboard=not args.no_tensorboard,
+            log=lambda msg: _say(args, msg)).fit()
+    _say(args, f"run folder: {args.out} (best.pt, summary.json)")
+    return 0
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a training checkpoint (best.pt / last.pt)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors", help="model file to write")
+
+
+@command("export", "write a checkpoint's model as a small weights-only .safetensors file", _export_arguments,
+         examples=("spair export runs/demo/train/best.pt --out model.safetensors",))
+def _export(args: argparse.Namespace) -> int:
+    from .models.io import load_model, save_model
+
+    check_output_file(args.out, "--out")
+    save_model(args.out, load_model(args.checkpoint), extra={"source": args.checkpoint.name})
+    _say(args, f"wrote {args.out}")
+    return 0
+
+
+# =============================================================================================
+# Console-script entry: the allocator setting
+# =============================================================================================
+
+#: glibc malloc settings that keep large tensors mapped between training steps instead of returning
+#: them to the system and page-faulting them in again (docs/performance.md has the measurements).
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:"
+                   "glibc.malloc.top_pad=268435456")
+_HEAVY_VERBS = {"train", "demo", "experiment", "eval", "detect", "benchmark"}
+
+
+def entry() -> None:
+    """The ``spair`` console script and ``python -m spair``: re-executes once with the glibc
+    malloc tunables set (for the verbs that run models), then runs :func:`main`."""
+    argv = sys.argv[1:]
+    if (os.environ.get("GLIBC_TUNABLES") is None and os.environ.get("SPAIR_NO_REEXEC") is None
+            and sys.platform.startswith("linux") and _HEAVY_VERBS.intersection(argv)):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
+            try:
+                os.execve(sys.executable, [sys.executable, "-m", "spair", *argv], env)
+            except OSError:
+                pass  # fall through and run without the setting
+    sys.exit(main(argv))

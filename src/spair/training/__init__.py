@@ -1,0 +1,1 @@
+"""Training: the trainer, schedules, checkpoints and presets."""

@@ -1,0 +1,68 @@
+"""Named training configurations (``spair train --preset NAME``).
+
+- ``paper``: the authors' settings (spec section 12): lr 1e-4, count-prior odds ×0.1 per 1000 steps,
+  1000 steps of training wheels, 300k steps. For GPUs.
+- ``demo``: the CPU recipe of docs/cpu-recipe.md, about 10 minutes on 2 cores; 48×48 crops of 84×84
+  scenes with 1–15 digits, tested on 48×48 scenes with 5 digits.
+- ``pretrained``: the recipe behind the model shipped in the package (longer than ``demo``).
+- ``tiny``: a few dozen steps on a handful of images, for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import apply_overrides
+from ..errors import ConfigError
+from .config import TrainConfig
+
+
+def paper() -> TrainConfig:
+    return apply_overrides(TrainConfig(), [
+        "optim.lr=1e-4", "optim.max_steps=300000", "optim.lr_drop_at=1.0", "optim.grad_noise_decay_steps=1000",
+        "schedule.count_prior_decay_steps=1000", "schedule.training_wheels_steps=1000",
+        "eval.every=1000", "eval.patience=50000", "eval.stop_at_ap=0.99", "eval.sample=hard",
+        "eval.box_mode=window", "data.n_train=25000", "data.n_val=250"])
+
+
+def demo() -> TrainConfig:
+    return apply_overrides(TrainConfig(), CPU_RECIPE + ["optim.max_steps=3000", "eval.every=250"])
+
+
+def pretrained() -> TrainConfig:
+    return apply_overrides(TrainConfig(), CPU_RECIPE + ["optim.max_steps=8000", "eval.every=500",
+                                                         "data.n_train=40000"])
+
+
+def tiny() -> TrainConfig:
+    return apply_overrides(TrainConfig(), [
+        "data.n_train=64", "data.n_val=8", "test.n=16", "optim.max_steps=20", "optim.batch_size=8",
+        "eval.every=10", "log_every=5", "schedule.training_wheels_steps=5", "schedule.count_prior_decay_steps=10",
+        "optim.grad_noise_decay_steps=10"])
+
+
+def smoke() -> TrainConfig:
+    """About a minute on 2 cores: 48×48 scenes with 1–3 digits; enough to detect most digits."""
+    return apply_overrides(TrainConfig(), CPU_RECIPE + [
+        "data.scene.image_size=[48,48]", "data.scene.n_objects=[1,3]", "data.crop=null", "data.n_train=2000",
+        "data.n_val=100", "test.scene.n_objects=[1,3]", "test.n=200", "optim.max_steps=400",
+        "schedule.count_prior_decay_steps=50", "schedule.training_wheels_steps=50",
+        "optim.grad_noise_decay_steps=50", "eval.every=100", "log_every=20"])
+
+
+#: The CPU recipe (docs/cpu-recipe.md): what changed from the paper's settings to train in minutes.
+CPU_RECIPE = [
+    "optim.lr=1e-3", "optim.batch_size=32", "optim.lr_drop_at=0.75", "optim.grad_noise_decay_steps=300",
+    "schedule.count_prior_decay_steps=300", "schedule.training_wheels_steps=300",
+    "model.hw_prior_std=2.0", "data.n_train=20000", "data.n_val=125",
+]
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {"paper": paper, "demo": demo, "pretrained": pretrained,
+                                                  "smoke": smoke, "tiny": tiny}
+
+
+def get_preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(sorted(PRESETS))})") from None

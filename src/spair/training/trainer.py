@@ -1,0 +1,438 @@
+"""The SPAIR trainer: data, Adam, schedules, evaluation, checkpoints, logging, exact resume.
+
+A run lives in one folder:
+
+    config.json          the resolved TrainConfig (a resume with a different config is refused)
+    last.pt, best.pt     checkpoints (atomic writes; weights-only loadable); best = best val SPAIR-AP
+    metrics.jsonl        one JSON object per log / evaluation step
+    summary.json         best validation metrics and the test metrics of the best checkpoint
+    tb/                  TensorBoard: every loss term, fraction of cells on, count bias, AP, images
+
+Running the same command again on a folder that holds ``last.pt`` resumes from it and, on the CPU,
+ends with the same weights as an uninterrupted run: the checkpoint holds the model, the optimizer,
+the step (which drives every schedule) and the states of the two random generators (batches, noise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import from_dict, to_dict
+from ..data.scenes import Scenes
+from ..errors import CheckpointError, ConfigError, SpairError
+from ..io import read_json, write_json_atomic, write_text_atomic
+from ..models.spair import Spair
+from .checkpoint import FORMAT, config_differences, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .evaluate import evaluate
+from .schedules import Exponential, Step
+
+
+class TrainingAborted(SpairError):
+    """Training could not continue (e.g. repeated non-finite losses)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a valid device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: CUDA was requested but is not available")
+    return dev
+
+
+def load_split(cfg: TrainConfig, which: str) -> Scenes:
+    """Training ("train") or validation ("val") scenes of a config, through the dataset cache."""
+    from ..data.datasets import DatasetSpec, get_dataset
+
+    d = cfg.data
+    scene = d.scene if which == "train" else _with_split(d.scene, "val")
+    spec = DatasetSpec(scene=scene, n_images=d.n_train if which == "train" else d.n_val,
+                       seed=d.train_seed if which == "train" else d.val_seed, crop=d.crop)
+    return get_dataset(spec)
+
+
+def load_test(cfg: TrainConfig) -> Scenes | None:
+    from ..data.datasets import DatasetSpec, get_dataset
+
+    if cfg.test.n == 0:
+        return None
+    return get_dataset(DatasetSpec(scene=cfg.test.scene, n_images=cfg.test.n, seed=cfg.test.seed, crop=None))
+
+
+def _with_split(scene: Any, split: str) -> Any:
+    data = to_dict(scene)
+    data["split"] = split
+    return from_dict(type(scene), data)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True,
+                 tensorboard: bool = True, log: Callable[[str], None] | None = None,
+                 rank: int = 0, world_size: int = 1, train_data: Scenes | None = None,
+                 val_data: Scenes | None = None, test_data: Scenes | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.progress = progress and rank == 0
+        self.use_tb = tensorboard and rank == 0
+        self.rank, self.world_size = rank, world_size
+        self._given = {"train": train_data, "val": val_data, "test": test_data}  # instead of the config's data
+        self._log = log or (lambda s: print(s, flush=True))
+        self.device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        if cfg.optim.batch_size % world_size:
+            raise ConfigError(f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by the number "
+                              f"of processes ({world_size})")
+        # schedules (spec 4.2, 6.1, 6.2): functions of the step, so the step in the checkpoint restores them
+        s, o = cfg.schedule, cfg.optim
+        self.count_prior = Exponential(s.count_prior_start_odds, s.count_prior_final_odds, 0.1,
+                                       s.count_prior_decay_steps, log=True)
+        self.training_wheels = Step(1.0, 0.0, s.training_wheels_steps)
+        self.grad_noise = Exponential(o.grad_noise_std, 0.0, 0.1, o.grad_noise_decay_steps)
+        self.step = 0
+        self.best = {"ap": -1.0, "step": -1}
+        self.bad_steps = 0
+        self.collapse_warned = ""
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        return o.lr * (o.lr_drop_factor if step >= o.lr_drop_at * o.max_steps else 1.0)
+
+    def schedules_state(self, step: int) -> dict[str, Any]:
+        return {"count_prior_log_odds": {**asdict(self.count_prior), "value": self.count_prior.value(step)},
+                "training_wheels": {**asdict(self.training_wheels), "value": self.training_wheels.value(step)},
+                "grad_noise_std": {**asdict(self.grad_noise), "value": self.grad_noise.value(step)},
+                "lr": self.lr_at(step)}
+
+    def _prepare_run_dir(self) -> dict[str, Any] | None:
+        """Create the run folder or check that it belongs to this config; return a checkpoint to resume."""
+        cfg_data = to_dict(self.cfg)
+        cfg_path = self.out / "config.json"
+        last = self.out / "last.pt"
+        if cfg_path.exists():
+            old = read_json(cfg_path, "run config")
+            diff = config_differences(old, cfg_data)
+            if diff and last.exists():
+                raise ConfigError(f"refusing to resume {self.out}: its config differs in {', '.join(diff[:5])}; "
+                                  "use another --out folder")
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.tmp"):  # temporary files of writes cut short by a kill
+                stale.unlink(missing_ok=True)
+            write_json_atomic(cfg_path, cfg_data)
+        if last.exists():
+            return load_checkpoint(last)
+        return None
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # parameter initialization
+        self.model = Spair(cfg.model).to(self.device)
+        self.ddp_model: torch.nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_model = DistributedDataParallel(self.model, find_unused_parameters=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
+        self.data_gen = torch.Generator()
+        self.noise_gen = torch.Generator(device=self.device)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        diff = config_differences(ckpt["train_config"], to_dict(self.cfg))
+        if diff:
+            raise ConfigError(f"refusing to resume from {self.out / 'last.pt'}: its config differs in "
+                              f"{', '.join(diff[:5])}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.best = dict(ckpt.get("best", self.best))
+        self.bad_steps = int(ckpt.get("bad_steps", 0))
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model_config": to_dict(self.cfg.model), "model": self.model.state_dict(),
+                "train_config": to_dict(self.cfg), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "rng": {"scheme": "per-step", "seed": self.cfg.seed},
+                "schedules": self.schedules_state(self.step), "best": dict(self.best), "bad_steps": self.bad_steps}
+
+    def _seed_step(self) -> None:
+        """Counter-based randomness: the generators are re-seeded from (seed, step, rank) at every
+        step, so a resumed run draws exactly the batches and noise of an uninterrupted one and a
+        checkpoint needs no generator state."""
+        base = self.cfg.seed * 1_000_003 + self.step
+        self.data_gen.manual_seed(base * 2 + 1)
+        self.noise_gen.manual_seed((base * 2 + 2) * 1009 + self.rank)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The global batch is drawn from one generator on every rank; each rank takes its slice."""
+        n = len(self.train)
+        idx = torch.randint(n, (self.cfg.optim.batch_size,), generator=self.data_gen)
+        per = self.cfg.optim.batch_size // self.world_size
+        idx = idx[self.rank * per:(self.rank + 1) * per].numpy()
+        x = torch.from_numpy(self.train.images[idx]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        return x, idx
+
+    def train_step(self) -> dict[str, float] | None:
+        cfg, step = self.cfg, self.step
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        self._seed_step()
+        x, idx = self._batch()
+        log_odds = self.count_prior.value(step)
+        tw = self.training_wheels.value(step)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and self.device.type == "cuda") else _nullcontext()
+        with autocast:
+            out = self.ddp_model(x, log_odds, sample="relaxed", training_wheels=tw, generator=self.noise_gen)
+        losses = out.losses
+        loss = losses.total.float().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if cfg.optim.max_grad_norm > 0:
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            else:
+                gnorm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
+            finite = bool(torch.isfinite(gnorm))
+        if not finite:
+            self.bad_steps += 1
+            warnings.warn(f"step {step}: non-finite loss or gradient; step skipped "
+                          f"({self.bad_steps} in a row)", RuntimeWarning, stacklevel=2)
+            if self.bad_steps >= cfg.optim.max_bad_steps:
+                raise TrainingAborted(f"training aborted at step {step}: {self.bad_steps} consecutive non-finite "
+                                      "losses or gradients (try a lower optim.lr)")
+            self.step += 1
+            return None
+        self.bad_steps = 0
+        std = self.grad_noise.value(step)
+        if std > 0:  # gradient noise after clipping (spec 6.1), truncated at ±2σ
+            for p in params:
+                noise = torch.empty_like(p.grad)
+                torch.nn.init.trunc_normal_(noise, 0.0, std, -2 * std, 2 * std, generator=self.noise_gen)
+                p.grad.add_(noise)
+        self.optimizer.step()
+        self.step += 1
+        with torch.no_grad():
+            on = (out.z_pres > 0.5).float()
+            true_counts = self.train_counts[idx]
+            pred_counts = on.sum((1, 2)).cpu().numpy()
+            wh = out.z_where[..., 2:] * torch.tensor(cfg.model.anchor, device=x.device)
+            size = (wh * on).sum((0, 1)) / on.sum().clamp(min=1)
+            stats = {"loss": float(loss), **{k: v for k, v in losses.means().items() if k != "total"},
+                     "frac_on": float(on.mean()), "count_bias": float((pred_counts - true_counts).mean()),
+                     "box_h": float(size[0]), "box_w": float(size[1]), "grad_norm": float(gnorm),
+                     "count_prior_log_odds": log_odds, "training_wheels": tw, "lr": self.lr_at(step)}
+        return stats
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        ckpt = self._prepare_run_dir()
+        self._build()
+        if ckpt is not None:
+            self._restore(ckpt)
+            self._log(f"resuming {self.out} from step {self.step}")
+        t0 = time.perf_counter()
+        self.train = self._given["train"] or load_split(cfg, "train")
+        self.val = self._given["val"] or load_split(cfg, "val")
+        self.train_counts = self.train.counts.astype(np.float64)
+        if self.rank == 0:
+            self._log(f"data: {len(self.train)} training and {len(self.val)} validation images of "
+                      f"{self.train.images.shape[1]}×{self.train.images.shape[2]} ({time.perf_counter() - t0:.1f} s)")
+        self._trim_metrics_log()
+        writer = self._tensorboard()
+        bar = self._progress_bar()
+        window: list[dict[str, float]] = []
+        start_wall = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < cfg.optim.max_steps:
+                t = time.perf_counter()
+                stats = self.train_step()
+                if stats is not None:
+                    stats["step_time"] = time.perf_counter() - t
+                    window.append(stats)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 and window:
+                    self._log_window(window, writer, bar)
+                    window = []
+                done = self.step >= cfg.optim.max_steps
+                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - start_wall) > 60 * cfg.max_minutes
+                if self.step % cfg.eval.every == 0 or done or out_of_time:
+                    stop = self._evaluate_and_checkpoint(writer, bar)
+                    if stop or out_of_time:
+                        if out_of_time:
+                            self._log(f"stopping at step {self.step}: max_minutes={cfg.max_minutes} reached")
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        return self._finish(time.perf_counter() - start_wall)
+
+    def _evaluate_and_checkpoint(self, writer: Any, bar: Any) -> bool:
+        cfg = self.cfg
+        stop = False
+        if self.rank == 0:
+            metrics = evaluate(self.model, self.val, batch_size=cfg.eval.batch_size, sample=cfg.eval.sample,
+                               box_mode=cfg.eval.box_mode)
+            ap = metrics["spair_AP"]
+            improved = ap > self.best["ap"]
+            if improved:
+                self.best = {"ap": ap, "step": self.step}
+            record = {"step": self.step, "kind": "eval", **{f"val_{k}": v for k, v in metrics.items()
+                                                           if isinstance(v, (int, float))}}
+            self._append_metrics(record)
+            msg = (f"step {self.step}: val SPAIR-AP {ap:.3f} COCO AP[.1:.9] {metrics['coco_AP[.1:.9]']:.3f} "
+                   f"count |err| {metrics['count_abs_error']:.2f}"
+                   f"{'  (best)' if improved else ''}")
+            (bar.write if bar is not None else self._log)(msg)
+            if writer is not None:
+                for k, v in record.items():
+                    if k.startswith("val_") and isinstance(v, (int, float)):
+                        writer.add_scalar(f"val/{k[4:]}", v, self.step)
+                self._tb_images(writer)
+            ckpt = self._checkpoint()
+            if improved:
+                save_checkpoint(self.out / "best.pt", ckpt)
+            save_checkpoint(self.out / "last.pt", ckpt)
+            if cfg.eval.patience and self.step - self.best["step"] >= cfg.eval.patience:
+                self._log(f"early stopping at step {self.step}: no improvement for {cfg.eval.patience} steps")
+                stop = True
+            if ap >= cfg.eval.stop_at_ap:
+                self._log(f"stopping at step {self.step}: validation AP {ap:.3f} ≥ {cfg.eval.stop_at_ap}")
+                stop = True
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _finish(self, wall: float) -> dict[str, Any]:
+        summary: dict[str, Any] = {"run": str(self.out), "steps": self.step, "train_seconds": round(wall, 1),
+                                   "best_val_ap": self.best["ap"], "best_step": self.best["step"]}
+        if self.rank != 0:
+            return summary
+        best_path = self.out / "best.pt"
+        if best_path.exists():
+            from ..models.io import load_model
+
+            best = load_model(best_path, self.device)
+            test = self._given["test"] or load_test(self.cfg)
+            if test is not None:
+                t = evaluate(best, test, batch_size=self.cfg.eval.batch_size, sample=self.cfg.eval.sample,
+                             box_mode=self.cfg.eval.box_mode)
+                summary["test"] = t
+                self._log(f"test ({len(test)} scenes): SPAIR-AP {t['spair_AP']:.3f}  COCO AP[.1:.9] {t['coco_AP[.1:.9]']:.3f}  "
+                          f"AP@.5 {t['coco_AP@.5']:.3f}  count |err| {t['count_abs_error']:.3f}  "
+                          f"count 0-1 {t['count_01_error']:.3f}")
+        write_json_atomic(self.out / "summary.json", summary)
+        return summary
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _progress_bar(self) -> Any:
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.optim.max_steps, initial=self.step, desc="train", unit="step",
+                    dynamic_ncols=True, mininterval=1.0)
+
+    def _tensorboard(self) -> Any:
+        if not self.use_tb:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # noqa: BLE001 - tensorboard is optional at run time
+            warnings.warn("tensorboard is not installed; no TensorBoard logs", RuntimeWarning, stacklevel=2)
+            return None
+        return SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+
+    def _log_window(self, window: list[dict[str, float]], writer: Any, bar: Any) -> None:
+        mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        record = {"step": self.step, "kind": "train", **mean}
+        if self.rank == 0:
+            self._append_metrics(record)
+            if writer is not None:
+                for k, v in mean.items():
+                    writer.add_scalar(f"train/{k}", v, self.step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean['loss']:.1f}", on=f"{mean['frac_on']:.2f}",
+                                bias=f"{mean['count_bias']:+.2f}", best=f"{self.best['ap']:.3f}", refresh=False)
+        self._check_collapse(mean, bar)
+
+    def _check_collapse(self, mean: dict[str, float], bar: Any) -> None:
+        """Presence collapse (no cells on, or all on) once the training wheels are off."""
+        if self.step <= self.cfg.schedule.training_wheels_steps + 2 * self.cfg.log_every:
+            return
+        kind = ""
+        if mean["frac_on"] < 1e-3:
+            kind = "no cells are on: the background explains the images"
+        elif mean["frac_on"] > 0.95:
+            kind = "almost every cell is on"
+        if kind and kind != self.collapse_warned and self.rank == 0:
+            msg = (f"warning: presence collapse at step {self.step}: {kind} (fraction on {mean['frac_on']:.3f}, "
+                   f"count bias {mean['count_bias']:+.2f}); see README 'When things go wrong'")
+            (bar.write if bar is not None else self._log)(msg)
+            self._append_metrics({"step": self.step, "kind": "warning", "message": msg})
+        self.collapse_warned = kind
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics_log(self) -> None:
+        """On resume, drop log lines written after the checkpoint (they will be written again)."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        write_text_atomic(path, "".join(k + "\n" for k in keep))
+
+    def _tb_images(self, writer: Any) -> None:
+        from ..viz.model_figures import model_panel
+
+        try:
+            img = model_panel(self.model, self.val.subset(np.arange(min(8, len(self.val)))),
+                              box_mode=self.cfg.eval.box_mode)
+            writer.add_image("val/input_recon_boxes", img, self.step, dataformats="HWC")
+        except Exception as e:  # noqa: BLE001 - a figure must never stop training
+            warnings.warn(f"could not draw TensorBoard images: {e}", RuntimeWarning, stacklevel=2)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
