@@ -1,5 +1,5 @@
 """ConnComp end to end: the acceptance target through the real CLI and pycocotools, the shipped τ,
-the experiment's results file, and the demo."""
+the experiment's results file."""
 
 from __future__ import annotations
 
@@ -122,19 +122,3 @@ def test_recorded_generate_command_reproduces_the_cached_dataset(tmp_path):
     assert command[:3] == ["spair", "data", "generate"]
     spair(*command[1:], "--quiet")
     assert read_manifest(tmp_path / "regenerated")["content_sha256"] == read_manifest(cached)["content_sha256"]
-
-
-def test_demo_runs_every_step_and_can_be_extended(tmp_path):
-    from spair.experiments.demo import STEPS, Step, run_demo
-
-    seen = []
-    lines: list[str] = []
-    steps = [*STEPS, Step("extra", lambda ctx: seen.append(sorted(ctx.state)))]
-    ctx = run_demo(tmp_path / "demo", n_scenes=40, log=lines.append, steps=steps)
-    assert seen == [["detections", "metrics", "tau", "test", "val"]]
-    assert [line for line in lines if line.startswith("[")] == [f"[{i}/6] {s.name}" for i, s in enumerate(steps, 1)]
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert metrics["tau"] == ctx.state["tau"] and metrics["metrics"]["n_images"] == 40
-    for name in ("tau.json", "test_detections.png", "data/val/manifest.json", "data/test/scenes.npz"):
-        assert (tmp_path / "demo" / name).is_file(), name
-    assert any(str(tmp_path / "demo" / "test_detections.png") in line for line in lines)

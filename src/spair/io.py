@@ -97,3 +97,37 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise SpairError(f"{what} is not valid JSON: {path} ({e})") from None
     except OSError as e:
         raise SpairError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure turned into one CheckpointError.
+
+    ``weights_only=True`` only rebuilds plain data (dicts, lists, numbers, strings, tensors): a file
+    carrying pickled code (a ``__reduce__`` payload, an arbitrary class) is refused before anything
+    in it runs, and reported as such; a missing, empty, truncated or corrupt file is reported too.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    from .errors import CheckpointError
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"{what} is a folder, not a file: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{what} {p} is empty (0 bytes)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{what} {p} contains code or objects that are not plain data; "
+                                  "refusing to load it") from None
+        raise CheckpointError(f"{what} {p} is corrupt (not a torch file)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError, IndexError,
+            TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{what} {p} is truncated or corrupt ({first[:160]})") from None

@@ -167,7 +167,7 @@ def content_sha256(arrays: dict[str, np.ndarray]) -> str:
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
         h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
 
 

@@ -67,6 +67,7 @@ _REGISTRY: dict[str, DetectorFactory] = {}
 _BUILTIN_MODULES: dict[str, str] = {
     "conncomp": "spair.models.conncomp",
     "spair": "spair.models.spair_detector",
+    "air": "spair.models.air",
 }
 
 

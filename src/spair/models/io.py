@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import struct
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write
+from ..io import atomic_write, load_torch_file
 from .spair import Spair, SpairConfig
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -48,17 +46,7 @@ def save_model(path: str | os.PathLike, model: Spair, extra: dict[str, Any] | No
 
 
 def _read_pt(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(f"checkpoint {path} contains code or objects that are not plain tensors; "
-                                  "refusing to load it") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:200]})") from None
+    ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a spair checkpoint (no model weights and config)")
     return ckpt["model_config"], ckpt["model"]

@@ -29,8 +29,9 @@ from ..ops.render import mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
 from .spair import SampleMode, Spair, SpairOutput
 
-BoxMode = Literal["window", "ink"]
+BoxMode = Literal["window", "ink", "segment"]
 INK_THRESHOLD = 0.1
+CLAIM_THRESHOLD = 0.05
 
 
 def window_boxes_px(out: SpairOutput) -> torch.Tensor:
@@ -42,9 +43,9 @@ def window_boxes_px(out: SpairOutput) -> torch.Tensor:
     return torch.minimum(b.clamp(min=0), lim)
 
 
-@torch.no_grad()
-def ink_boxes_px(model: Spair, out: SpairOutput, ink_threshold: float = INK_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visible-ink boxes (B, N, 4) and a bool (B, N) telling which objects have visible ink."""
+def visible_ink_windows(model: Spair, out: SpairOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each object's visible ink over its own pixel window: v_i(p) = α_i(p)·max_c |S_i[rgb](p) − m_i(p)·bg_c|,
+    the change it makes to the image when drawn alone (B, N, wh, ww), and the window origins y0, x0."""
     if out.sprites_rgb is None:
         out.sprites_rgb, out.sprites_alpha = model.decode_sprites(out.z_what)
     bg = out.background
@@ -52,30 +53,79 @@ def ink_boxes_px(model: Spair, out: SpairOutput, ink_threshold: float = INK_THRE
         raise ValueError("ink boxes need the background colour (run the model with render_image=True "
                          "or set out.background)")
     cfg = model.cfg
-    H, W = out.image_hw
     sh, sw = cfg.object_shape
     maps = torch.cat([out.sprites_rgb, out.sprites_alpha], 2)                  # (B, N, 4, sh, sw)
     win = window_size((cfg.max_hw * cfg.anchor[0], cfg.max_hw * cfg.anchor[1]), (sh, sw))
-    s, m, y0, x0 = sample_windows(maps, out.boxes, (H, W), win)
+    s, m, y0, x0 = sample_windows(maps, out.boxes, out.image_hw, win)
     bgc = bg.reshape(bg.shape[0], 1, 3, 1, 1)
     diff = (s[:, :, :3] - m[:, :, None] * bgc).abs().amax(2)                   # (B, N, wh, ww)
-    visible = s[:, :, 3] * diff > ink_threshold
-    return mask_extents(visible, y0, x0, (H, W))
+    return s[:, :, 3] * diff, y0, x0
+
+
+def _window_pixels(y0: torch.Tensor, x0: torch.Tensor, win: tuple[int, int], hw: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat image index (B, N, wh, ww) of every window pixel (clamped) and whether it is inside the image."""
+    H, W = hw
+    rows = y0[..., None] + torch.arange(win[0], device=y0.device)             # (B, N, wh)
+    cols = x0[..., None] + torch.arange(win[1], device=x0.device)             # (B, N, ww)
+    inside = ((rows >= 0) & (rows < H))[..., :, None] & ((cols >= 0) & (cols < W))[..., None, :]
+    flat = rows.clamp(0, H - 1)[..., :, None] * W + cols.clamp(0, W - 1)[..., None, :]
+    return flat, inside
 
 
 @torch.no_grad()
-def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "ink",
+def ink_boxes_px(model: Spair, out: SpairOutput, ink_threshold: float = INK_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extent of each object's own visible ink (B, N, 4), and a bool (B, N): whether it has any."""
+    v, y0, x0 = visible_ink_windows(model, out)
+    return mask_extents(v > ink_threshold, y0, x0, out.image_hw)
+
+
+@torch.no_grad()
+def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
+                     ink_threshold: float = INK_THRESHOLD, claim_threshold: float = CLAIM_THRESHOLD
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extent of the image pixels each present object explains (its segment), (B, N, 4) and (B, N).
+
+    A pixel p belongs to object i when the input differs there from the background by more than
+    ``ink_threshold`` (max over channels), object i's visible ink v_i(p) exceeds ``claim_threshold``,
+    and no other present object has more visible ink at p. The extent then comes from the input's
+    own pixels, so it is as sharp as the image even where the decoded sprite is blurry.
+    """
+    v, y0, x0 = visible_ink_windows(model, out)
+    v = v * present[..., None, None].to(v.dtype)
+    B, N, wh, ww = v.shape
+    H, W = out.image_hw
+    flat, inside = _window_pixels(y0, x0, (wh, ww), (H, W))
+    idx = flat.reshape(B, -1)
+    claims = torch.where(inside, v, torch.zeros_like(v)).reshape(B, -1)
+    strongest = torch.zeros(B, H * W, dtype=v.dtype, device=v.device).scatter_reduce(
+        1, idx, claims, reduce="amax", include_self=True)
+    best = strongest.gather(1, idx).reshape(B, N, wh, ww)
+    fg = (x - out.background).abs().amax(1).reshape(B, H * W)                  # input's own ink
+    ink = fg.gather(1, idx).reshape(B, N, wh, ww)
+    mask = inside & (ink > ink_threshold) & (v > claim_threshold) & (v >= best)
+    return mask_extents(mask, y0, x0, (H, W))
+
+
+@torch.no_grad()
+def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "segment",
                            min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
-                           use_samples: bool = False) -> list[Detections]:
-    """Turn a forward pass into per-image detections (see the module docstring)."""
+                           use_samples: bool = False, x: torch.Tensor | None = None) -> list[Detections]:
+    """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
+    input batch, needed by ``box_mode="segment"``."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
     boxes = window_boxes_px(out)
-    if box_mode == "ink":
+    if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(model, out, ink_threshold)
         boxes = torch.where(found[..., None], ink.to(boxes.dtype), boxes)
+        if box_mode == "segment":
+            if x is None:
+                raise ValueError("box_mode 'segment' needs the input images")
+            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold)
+            boxes = torch.where(found[..., None], seg.to(boxes.dtype), boxes)
     elif box_mode != "window":
-        raise ConfigError(f"unknown box mode '{box_mode}' (use 'ink' or 'window')")
+        raise ConfigError(f"unknown box mode '{box_mode}' (use 'segment', 'ink' or 'window')")
     boxes_np, prob_np, keep_np = boxes.cpu().numpy(), prob.cpu().numpy(), keep.cpu().numpy()
     return [Detections(boxes_np[b][keep_np[b]], prob_np[b][keep_np[b]]) for b in range(len(boxes_np))]
 
@@ -108,7 +158,7 @@ class SpairDetector:
 
     name = "spair"
 
-    def __init__(self, checkpoint: str | None = None, box_mode: BoxMode = "ink", min_score: float = 0.5,
+    def __init__(self, checkpoint: str | None = None, box_mode: BoxMode = "segment", min_score: float = 0.5,
                  batch_size: int = 32, sample: SampleMode = "mean", seed: int = 0, device: str = "cpu",
                  ink_threshold: float = INK_THRESHOLD, model: Spair | None = None):
         from .io import load_model
@@ -142,7 +192,7 @@ class SpairDetector:
                     bg = torch.from_numpy(bg).float().div(255.0).to(self.device)
                 out = run_model(self.model, x, self.sample, self.generator, bg)
                 dets = detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
-                                              use_samples=self.sample != "mean")
+                                              use_samples=self.sample != "mean", x=x)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]

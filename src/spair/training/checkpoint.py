@@ -18,15 +18,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write
+from ..io import atomic_write, load_torch_file
 
 FORMAT = "spair-train-1"
 
@@ -48,23 +46,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``; every failure is one CheckpointError."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint is a folder, not a file: {p}")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
-            raise CheckpointError(f"checkpoint {p} contains code or objects that are not plain data; "
-                                  "refusing to load it") from None
-        raise CheckpointError(f"checkpoint {p} is corrupt") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"checkpoint {p} is truncated or corrupt ({first[:200]})") from None
+    ckpt = load_torch_file(p, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a spair training checkpoint")
     for key in ("model", "model_config", "optimizer", "step", "rng", "train_config"):

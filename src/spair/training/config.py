@@ -49,6 +49,8 @@ class OptimConfig:
     grad_noise_std: float = param(1e-3, lo=0.0, help="std of the gradient noise at step 0")
     grad_noise_decay_steps: float = param(1000.0, lo=0.0, lo_open=True, help="gradient noise std ×0.1 every this many steps")
     max_bad_steps: int = param(20, lo=1, help="abort after this many consecutive non-finite losses or gradients")
+    train_only: tuple[str, ...] = param((), help="train only parameters whose names start with one of these "
+                                        "(e.g. ['bg_logit'] for a background-only stage); empty = all")
 
 
 @dataclass
@@ -67,7 +69,8 @@ class EvalConfig:
     patience: int = param(0, lo=0, help="stop when validation AP has not improved for this many steps (0 = off)")
     stop_at_ap: float = param(1.01, lo=0.0, help="stop once validation AP reaches this value (> 1 = never)")
     sample: Literal["mean", "hard"] = param("mean", help="inference: 'mean' (deterministic) or 'hard' (the paper's stochastic samples)")
-    box_mode: Literal["ink", "window"] = param("ink", help="box of an object: extent of its visible ink, or its sprite window")
+    box_mode: Literal["segment", "ink", "window"] = param(
+        "segment", help="box of an object: the image pixels it explains, its own visible ink, or its sprite window")
     batch_size: int = param(100, lo=1, help="evaluation batch size (SPAIR-AP still pools per 32 images)")
 
 
@@ -84,6 +87,8 @@ class TrainConfig:
     log_every: int = param(50, lo=1, help="log the training losses every this many steps")
     max_minutes: float = param(0.0, lo=0.0, help="stop training after this much wall time (0 = no limit; makes runs time-dependent)")
     device: str = param("auto", help="'auto', 'cpu' or 'cuda[:k]'")
+    init_from: str = param("", help="start from the model weights of this checkpoint or model file "
+                           "(a curriculum stage); the optimizer and the step start afresh")
     amp: bool = param(False, help="bf16 autocast on CUDA (KLs and log-odds stay in fp32)")
 
     def __post_init__(self) -> None:

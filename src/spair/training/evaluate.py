@@ -23,7 +23,7 @@ from ..models.spair_detector import BoxMode, INK_THRESHOLD, detections_from_outp
 
 @torch.no_grad()
 def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: SampleMode = "mean",
-            box_mode: BoxMode = "ink", min_score: float = 0.5, seed: int = 0,
+            box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
             backgrounds: np.ndarray | None = None, ink_threshold: float = INK_THRESHOLD,
             device: str | torch.device | None = None) -> list[Detections]:
     """Detections for uint8 images (N, H, W, 3) of one size."""
@@ -43,13 +43,13 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
             bg = torch.from_numpy(backgrounds[start:start + batch_size]).float().div(255.0).to(device)
         out = run_model(model, x, sample, gen, bg)
         out_dets += detections_from_output(model, out, box_mode, min_score, ink_threshold,
-                                           use_samples=sample != "mean")
+                                           use_samples=sample != "mean", x=x)
     model.train(was_training)
     return out_dets
 
 
 def evaluate(model: Spair, scenes: Scenes, *, batch_size: int = 100, sample: SampleMode = "mean",
-             box_mode: BoxMode = "ink", min_score: float = 0.5, seed: int = 0,
+             box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
              ink_threshold: float = INK_THRESHOLD) -> dict[str, Any]:
     """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size)."""
     dets = predict(model, scenes.images, batch_size=batch_size, sample=sample, box_mode=box_mode,

@@ -149,9 +149,31 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp_model = DistributedDataParallel(self.model, find_unused_parameters=True)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
+        if cfg.init_from:
+            from ..models.io import load_model
+
+            source = load_model(cfg.init_from)
+            if to_dict(source.cfg) != to_dict(cfg.model):
+                diff = config_differences(to_dict(source.cfg), to_dict(cfg.model))
+                raise ConfigError(f"init_from: {cfg.init_from} has another model config ({', '.join(diff[:5])})")
+            self.model.load_state_dict(source.state_dict())
+        self.params = self._trainable_parameters()
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.optim.lr)
         self.data_gen = torch.Generator()
         self.noise_gen = torch.Generator(device=self.device)
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        prefixes = tuple(self.cfg.optim.train_only)
+        if not prefixes:
+            return list(self.model.parameters())
+        named = [(n, p) for n, p in self.model.named_parameters() if n.startswith(prefixes)]
+        if not named:
+            known = sorted({n.split(".")[0] for n, _ in self.model.named_parameters()})
+            raise ConfigError(f"optim.train_only {list(prefixes)} matches no parameter (top-level names: "
+                              f"{', '.join(known)})")
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n.startswith(prefixes))
+        return [p for _, p in named]
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         diff = config_differences(ckpt["train_config"], to_dict(self.cfg))
@@ -206,7 +228,7 @@ class Trainer:
         finite = bool(torch.isfinite(loss))
         if finite:
             loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
+            params = [p for p in self.params if p.grad is not None]
             if cfg.optim.max_grad_norm > 0:
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
             else:

@@ -66,10 +66,11 @@ def run_for_figures(model: Spair, images: np.ndarray, seed: int = 0, backgrounds
     return out
 
 
-def model_panel(model: Spair, scenes: Scenes, box_mode: str = "ink", scale: int | None = None) -> np.ndarray:
+def model_panel(model: Spair, scenes: Scenes, box_mode: str = "segment", scale: int | None = None) -> np.ndarray:
     """One row per scene: input with true (yellow) and predicted (blue) boxes | reconstruction."""
     out = run_for_figures(model, scenes.images, backgrounds=scenes.backgrounds)
-    dets = detections_from_output(model, out, box_mode)  # type: ignore[arg-type]
+    x = torch.from_numpy(np.ascontiguousarray(scenes.images)).to(out.recon.device).permute(0, 3, 1, 2).float() / 255.0
+    dets = detections_from_output(model, out, box_mode, x=x)  # type: ignore[arg-type]
     rows = []
     for b in range(len(scenes)):
         boxed = overlay(scenes.images[b], dets[b].boxes, scenes.boxes[b], scale=scale)
@@ -102,7 +103,7 @@ def glimpse_panel(model: Spair, scenes: Scenes, max_objects: int = 12, scale: in
 
 
 def save_model_figures(model: Spair, scenes: Scenes, out_dir: str | os.PathLike, n: int = 8,
-                       box_mode: str = "ink") -> dict[str, str]:
+                       box_mode: str = "segment") -> dict[str, str]:
     """Write ``boxes_and_reconstructions.png`` and ``glimpses.png`` for the first ``n`` scenes."""
     out_dir = Path(out_dir)
     sub = scenes.subset(np.arange(min(n, len(scenes))))
