@@ -1231,9 +1231,10 @@ def _export(args: argparse.Namespace) -> int:
 def _register_module_verbs() -> None:
     from .data.atari_cli import add_verbs as atari_verbs
     from .experiments.comparison_cli import add_verbs as comparison_verbs
+    from .experiments.generalization_cli import add_verbs as generalization_verbs
     from .experiments.space_invaders_cli import add_verbs as space_invaders_verbs
 
-    for add_verbs in (atari_verbs, comparison_verbs, space_invaders_verbs):
+    for add_verbs in (atari_verbs, comparison_verbs, generalization_verbs, space_invaders_verbs):
         add_verbs(command)
 
 
