@@ -1230,11 +1230,14 @@ def _export(args: argparse.Namespace) -> int:
 
 def _register_module_verbs() -> None:
     from .data.atari_cli import add_verbs as atari_verbs
+    from .experiments.addition_cli import add_verbs as addition_verbs
     from .experiments.comparison_cli import add_verbs as comparison_verbs
     from .experiments.generalization_cli import add_verbs as generalization_verbs
+    from .experiments.set_game_cli import add_verbs as set_verbs
     from .experiments.space_invaders_cli import add_verbs as space_invaders_verbs
 
-    for add_verbs in (atari_verbs, comparison_verbs, generalization_verbs, space_invaders_verbs):
+    for add_verbs in (atari_verbs, comparison_verbs, generalization_verbs, addition_verbs, set_verbs,
+                      space_invaders_verbs):
         add_verbs(command)
 
 
