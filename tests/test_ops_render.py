@@ -162,3 +162,134 @@ def test_mask_extents():
     assert found.tolist() == [[True, True]]
     np.testing.assert_array_equal(boxes[0, 0].numpy(), [22, 11, 25, 13])
     np.testing.assert_array_equal(boxes[0, 1].numpy(), [1, 0, 2, 1])
+
+
+# -- windowed rendering ---------------------------------------------------------------------------
+
+from spair.ops.render import (add_windows, inside_mass, render_window, render_windowed, sample_separable,  # noqa: E402
+                              tap_weights)
+
+
+def random_scene(seed, B=2, N=9, sh=5, sw=6, H=37, W=41, max_px=14.0, dtype=torch.float64):
+    """Sprites of at most ``max_px`` pixels, overlapping, some partly or wholly outside the image."""
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(B, N, 3, sh, sw, generator=g, dtype=dtype)
+    alpha = torch.rand(B, N, 1, sh, sw, generator=g, dtype=dtype)
+    alpha[:, 0] = 0.0
+    depth = 4 * torch.rand(B, N, 1, 1, 1, generator=g, dtype=dtype)
+    yt = torch.rand(B, N, generator=g, dtype=dtype) * 1.5 - 0.5
+    xt = torch.rand(B, N, generator=g, dtype=dtype) * 1.5 - 0.5
+    ys = (1 + (max_px - 1) * torch.rand(B, N, generator=g, dtype=dtype)) / H
+    xs = (1 + (max_px - 1) * torch.rand(B, N, generator=g, dtype=dtype)) / W
+    boxes = torch.stack([yt, xt, ys, xs], -1)
+    bg = torch.rand(B, 3, 1, 1, generator=g, dtype=dtype)
+    return rgb, alpha, depth, boxes, bg, (H, W)
+
+
+def render_and_grads(fn, scene, **kw):
+    rgb, alpha, depth, boxes, bg, hw = [t.clone().requires_grad_() if torch.is_tensor(t) else t for t in scene]
+    imp = (alpha * depth).clamp(min=0.01)
+    out = fn(rgb, alpha, imp, boxes, bg, hw, **kw)
+    weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+    grads = torch.autograd.grad((out * weights).sum(), (rgb, alpha, depth, boxes, bg))
+    return out, grads
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kw", [{}, {"max_size_px": (14.0, 14.0)}, {"max_size_px": (14.0, 14.0), "full_above": 1.0},
+                                {"max_size_px": None}, {"full_above": 0.0}])
+def test_render_windowed_equals_full_render_with_gradients(seed, kw):
+    """Window sums and whole-image sums give the same image and the same gradients for every input."""
+    scene = random_scene(seed)
+    ref, ref_grads = render_and_grads(render, scene)
+    out, grads = render_and_grads(render_windowed, scene, **kw)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), atol=1e-12)
+    for name, a, b in zip(("rgb", "alpha", "depth", "boxes", "background"), grads, ref_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9, err_msg=name)
+    assert ref_grads[3].abs().sum() > 0  # the boxes do receive gradients
+
+
+def test_render_windowed_matches_the_literal_reference():
+    rgb, alpha, depth, boxes, bg, (H, W) = random_scene(3, B=1, N=5, H=23, W=19, max_px=9.0)
+    imp = (alpha * depth).clamp(min=0.01)
+    out = render_windowed(rgb, alpha, imp, boxes, bg, (H, W), (9.0, 9.0), full_above=1.0)
+    ref = reference_render(rgb.numpy(), alpha.numpy(), imp.numpy(), boxes.numpy(),
+                           bg.expand(1, 3, H, W).numpy(), H, W)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-10)
+
+
+def test_render_windowed_takes_a_per_pixel_background():
+    rgb, alpha, depth, boxes, _, hw = random_scene(4)
+    bg = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    imp = (alpha * depth).clamp(min=0.01)
+    a = render(rgb, alpha, imp, boxes, bg, hw)
+    b = render_windowed(rgb, alpha, imp, boxes, bg, hw, (14.0, 14.0))
+    np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-12)
+
+
+def test_render_windowed_float32_close_to_render():
+    scene = random_scene(5, dtype=torch.float32, H=48, W=48, N=16, sh=14, sw=14, max_px=40.0)
+    a, _ = render_and_grads(render, scene)
+    b, _ = render_and_grads(render_windowed, scene, max_size_px=(40.0, 40.0), full_above=1.0)
+    torch.testing.assert_close(b, a, atol=2e-6, rtol=0)
+
+
+def test_render_windowed_with_non_finite_boxes_renders_nan_instead_of_failing():
+    rgb, alpha, depth, boxes, bg, hw = random_scene(6)
+    boxes[0, 1, 2] = float("nan")
+    out = render_windowed(rgb, alpha, (alpha * depth).clamp(min=0.01), boxes, bg, hw)
+    assert torch.isnan(out[0]).any() and torch.isfinite(out[1]).all()
+
+
+def test_window_is_independent_of_the_image_size():
+    """The per-sprite window depends on the sprite bound only: linear total cost in the image area."""
+    assert render_window((256, 256), (14, 14), (48.0, 48.0)) == (54, 54)
+    assert render_window((210, 160), (14, 14), (48.0, 48.0)) == (54, 54)
+    assert render_window((48, 48), (14, 14), (48.0, 48.0)) == (48, 48)     # never larger than the image
+    assert render_window((48, 48), (14, 14), None) == (48, 48)
+
+
+def test_tap_weights_and_separable_sampling_equal_grid_sample():
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(8)
+    coord = torch.rand(2, 3, 11, generator=g, dtype=torch.float64) * 9 - 2
+    np.testing.assert_allclose(tap_weights(coord, 6).sum(-1).numpy(), inside_mass(coord, 6).numpy(), atol=1e-12)
+    maps = torch.rand(2, 3, 4, 6, 5, generator=g, dtype=torch.float64)
+    v = torch.rand(2, 3, 7, generator=g, dtype=torch.float64) * 9 - 2      # rows, sprite pixel units
+    u = torch.rand(2, 3, 8, generator=g, dtype=torch.float64) * 8 - 2
+    s = sample_separable(maps, tap_weights(v, 6), tap_weights(u, 5))
+    gy = (2 * v + 1) / 6 - 1                                                  # back to grid_sample's [-1, 1]
+    gx = (2 * u + 1) / 5 - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[..., None, :], gy[..., :, None]), -1)
+    ref = F.grid_sample(maps.reshape(6, 4, 6, 5), grid.reshape(6, 7, 8, 2), align_corners=False)
+    np.testing.assert_allclose(s.reshape(6, 4, 7, 8).numpy(), ref.numpy(), atol=1e-12)
+
+
+def test_add_windows_places_values_and_has_the_adjoint_gradient():
+    v = torch.zeros(1, 2, 1, 2, 3, dtype=torch.float64)
+    v[0, 0, 0] = 1.0
+    v[0, 1, 0] = 2.0
+    y0, x0 = torch.tensor([[0, 1]]), torch.tensor([[0, 2]])
+    out = add_windows(v, y0, x0, (4, 5))[0, 0]
+    expected = torch.zeros(4, 5, dtype=torch.float64)
+    expected[0:2, 0:3] += 1.0
+    expected[1:3, 2:5] += 2.0
+    assert torch.equal(out, expected)
+    w = torch.rand(2, 4, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    y0 = torch.randint(0, 6, (2, 4), generator=torch.Generator().manual_seed(0))
+    x0 = torch.randint(0, 5, (2, 4), generator=torch.Generator().manual_seed(1))
+    assert torch.autograd.gradcheck(lambda t: add_windows(t, y0, x0, (9, 9)), (w,))
+
+
+def test_model_renders_the_same_image_with_either_renderer():
+    from spair.models.spair import Spair, SpairConfig, SpairNoise
+    torch.manual_seed(0)
+    m = Spair(SpairConfig(backbone_channels=16, n_backbone_features=12, n_passthrough_features=8,
+                          lateral_hidden=(16,), encoder_hidden=(32,), decoder_hidden=(32,), A=6)).double()
+    x = torch.rand(2, 3, 84, 72, dtype=torch.float64)
+    noise = SpairNoise.sample(2, 42, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    a = m(x, -1.0, noise=noise)
+    m.render_mode = "full"
+    b = m(x, -1.0, noise=noise)
+    torch.testing.assert_close(a.recon, b.recon, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.losses.recon, b.losses.recon, atol=1e-9, rtol=0)

@@ -1203,7 +1203,8 @@ def _train(args: argparse.Namespace) -> int:
 
     Trainer(cfg, args.out, progress=not args.quiet, tensorboard=not args.no_tensorboard,
             log=lambda msg: _say(args, msg)).fit()
-    _say(args, f"run folder: {args.out} (best.pt, summary.json)")
+    if os.environ.get("RANK", "0") == "0":
+        _say(args, f"run folder: {args.out} (best.pt, summary.json)")
     return 0
 
 
@@ -1231,13 +1232,14 @@ def _export(args: argparse.Namespace) -> int:
 def _register_module_verbs() -> None:
     from .data.atari_cli import add_verbs as atari_verbs
     from .experiments.addition_cli import add_verbs as addition_verbs
+    from .experiments.benchmark_cli import add_verbs as benchmark_verbs
     from .experiments.comparison_cli import add_verbs as comparison_verbs
     from .experiments.generalization_cli import add_verbs as generalization_verbs
     from .experiments.set_game_cli import add_verbs as set_verbs
     from .experiments.space_invaders_cli import add_verbs as space_invaders_verbs
 
     for add_verbs in (atari_verbs, comparison_verbs, generalization_verbs, addition_verbs, set_verbs,
-                      space_invaders_verbs):
+                      space_invaders_verbs, benchmark_verbs):
         add_verbs(command)
 
 

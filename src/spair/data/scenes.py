@@ -212,12 +212,12 @@ def _check_count(n: Any, name: str = "n") -> int:
     return int(n)
 
 
-def _pick(u: float, k: int) -> int:
+def pick(u: float, k: int) -> int:
     """Index ``⌊u·k⌋`` for ``u`` uniform in [0, 1): a uniform choice among ``k``."""
     return min(int(u * k), k - 1)
 
 
-class _Placer:
+class Placer:
     """Draws object positions under the summed-overlap rule for one image size and object size."""
 
     def __init__(self, image_size: tuple[int, int], s: int, max_overlap: float) -> None:
@@ -241,12 +241,12 @@ class _Placer:
         n_free = self.rows * self.cols
         for j in range(n):
             if j < self.unconstrained_below:
-                flat = _pick(float(u[j]), n_free)
+                flat = pick(float(u[j]), n_free)
             else:
                 ok = np.flatnonzero(total <= self.max_overlap)
                 if ok.size == 0:
                     return None
-                flat = int(ok[_pick(float(u[j]), ok.size)])
+                flat = int(ok[pick(float(u[j]), ok.size)])
             t, l = divmod(flat, self.cols)
             out.append((t, l))
             if j + 1 >= self.unconstrained_below and j + 1 < n:
@@ -273,7 +273,7 @@ def generate_scenes(cfg: SceneConfig, n: int, seed: SeedLike, pool: DigitPool | 
         raise ConfigError("the digit pool is empty")
     h, w = cfg.image_size
     lo, hi = cfg.n_objects
-    placer = _Placer(cfg.image_size, s, cfg.max_overlap)
+    placer = Placer(cfg.image_size, s, cfg.max_overlap)
     digit_boxes = ink_boxes(pool.images)
     has_ink = digit_boxes[:, 2] > 0
     alpha = pool.images
@@ -289,8 +289,8 @@ def generate_scenes(cfg: SceneConfig, n: int, seed: SeedLike, pool: DigitPool | 
     placements: list[np.ndarray] = []
     for i in range(n):
         u_img = rng.random(2)
-        backgrounds[i] = bg_colours[_pick(u_img[0], n_bg)]
-        count = lo + _pick(u_img[1], hi - lo + 1)
+        backgrounds[i] = bg_colours[pick(u_img[0], n_bg)]
+        count = lo + pick(u_img[1], hi - lo + 1)
         for _ in range(MAX_RESTARTS + 1):
             u = rng.random((count, 3))
             corners = placer.place(u[:, 2])
@@ -305,10 +305,10 @@ def generate_scenes(cfg: SceneConfig, n: int, seed: SeedLike, pool: DigitPool | 
         canvas[...] = backgrounds[i]
         rows = []
         for j, (t, l) in enumerate(corners):
-            d = _pick(u[j, 0], n_digits)
+            d = pick(u[j, 0], n_digits)
             if not has_ink[d]:
                 continue
-            colour = obj_colours[_pick(u[j, 1], n_obj_colours)]
+            colour = obj_colours[pick(u[j, 1], n_obj_colours)]
             region = canvas[t:t + s, l:l + s]
             a = alpha[d][:, :, None] * scale
             cur = region.astype(np.float32)

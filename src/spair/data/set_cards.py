@@ -65,7 +65,7 @@ from ..config import param, to_dict
 from ..errors import ConfigError, DataError
 from .datasets import FORMAT_VERSION, MANIFEST_FILE, SCENES_FILE, load_dataset, read_manifest, save_dataset
 from .digits import INK_THRESHOLD, default_cache_dir
-from .scenes import MAX_RESTARTS, Scenes, _Placer, _pick
+from .scenes import MAX_RESTARTS, Placer, Scenes, pick
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def generate_set_cards(cfg: SetConfig, n: int, seed: int | np.random.Generator) 
     rgb, alpha = card_patches()
     scale = np.float32(1.0 / 255.0)
     card_boxes = _alpha_extents(alpha)
-    placer = _Placer(cfg.image_size, s, cfg.max_overlap)
+    placer = Placer(cfg.image_size, s, cfg.max_overlap)
     bg_colours = np.asarray(cfg.background_colours, np.uint8)
 
     images = np.empty((n, h, w, 3), np.uint8)
@@ -328,7 +328,7 @@ def generate_set_cards(cfg: SetConfig, n: int, seed: int | np.random.Generator) 
         target = int(rng.random() < 0.5) if cfg.balanced else None
         hand = draw_hand(rng, k, target)
         targets[i] = int(has_set(hand)) if target is None else target
-        backgrounds[i] = bg_colours[_pick(float(rng.random()), len(bg_colours))]
+        backgrounds[i] = bg_colours[pick(float(rng.random()), len(bg_colours))]
         for _ in range(MAX_RESTARTS + 1):
             corners = placer.place(rng.random(k))
             if corners is not None:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Sequence
 
 from ..config import apply_overrides, from_dict, param, to_dict
 from ..errors import ConfigError
-from .generalization import (GeneralizationSettings, Line, Log, _no_log, condition_name, parse_condition,
+from .generalization import (GeneralizationSettings, Line, Log, no_log, condition_name, parse_condition,
                              plot_panels, run_transfer, spair_config, spread_note)
 from .generalization import settings_for_scale as generalization_settings
 
@@ -103,7 +103,7 @@ def ablation_lines(conditions: Sequence[str], lookbacks: Sequence[int], settings
 def run_ablation(out: str | Path = "results/ablation", scale: str = "quick", seeds: Sequence[int] = (0,),
                  lookbacks: Sequence[int] = LOOKBACKS, conditions: Sequence[str] = ABLATION_CONDITIONS, *,
                  settings: AblationSettings | None = None, overrides: Sequence[str] = (), conncomp: bool = False,
-                 cache_dir: str | Path | None = None, command: str = "", log: Log = _no_log,
+                 cache_dir: str | Path | None = None, command: str = "", log: Log = no_log,
                  progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the ablation of the module docstring; return the contents of ``results.json``.
 

@@ -44,6 +44,7 @@ from .. import __version__
 from ..config import apply_overrides, from_dict, param, to_dict
 from ..errors import ConfigError
 from ..io import read_json, write_json_atomic
+from .runs import TWO_CORE_SPEEDUP, finished_result, mean_sd, no_log, trained_summary
 
 SIZES: tuple[int, ...] = tuple(1000 * 2 ** i for i in range(8))
 """The paper's training-set sizes: 1k, 2k, 4k, …, 128k."""
@@ -69,15 +70,8 @@ STEP_CPU_SECONDS: dict[str, float] = {
     "truebb": 0.0106, "conncomp": 0.020, "convnet": 0.108, "spair_fixed": 0.0070, "spair_unfixed": 0.0228,
     "air_fixed": 0.0034, "air_unfixed": 0.0107,
 }
-TWO_CORE_SPEEDUP = 1.7
-"""Wall-time speedup of 2 torch threads over 1 (measured for SPAIR's training step; see
-:data:`spair.experiments.comparison.TWO_CORE_SPEEDUP`)."""
 
 Log = Callable[[str], None]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,35 +249,6 @@ def select_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-def finished_result(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's ``result.json`` when it finished with ``config``; None when it has not finished;
-    ConfigError when it finished with other settings."""
-    from ..training.checkpoint import config_differences
-
-    path = run_dir / "result.json"
-    if not path.exists():
-        return None
-    result = read_json(path, "run result")
-    diff = config_differences(result.get("config", {}), config)
-    if diff:
-        raise ConfigError(f"{path} was produced with other settings ({', '.join(diff[:5])}); use another --out folder")
-    return result
-
-
-def trained_summary(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
-    """A stage-1 trainer's summary when the run already finished training with ``cfg`` (only the
-    driver's own evaluation was cut short); a resumed run that had stopped early would otherwise
-    train on until its next validation."""
-    from ..training.checkpoint import config_differences
-
-    paths = [run_dir / name for name in ("config.json", "summary.json", "best.pt", "last.pt")]
-    if not all(p.exists() for p in paths):
-        return None
-    if config_differences(read_json(paths[0], "run config"), to_dict(cfg)):
-        return None  # the trainer itself refuses the folder with a clear message
-    return read_json(paths[1], "run summary")
-
-
 def run_spair_stage1(cfg: Any, run_dir: Path, train: Any, val: Any, test: Any, log: Log, progress: bool,
                      same_as: bool = True) -> dict[str, Any]:
     """Train SPAIR unsupervised (or reuse a finished training), evaluate its best checkpoint's
@@ -343,16 +308,6 @@ def run_stage2(cfg: Any, run_dir: Path, train: Any, val: Any, test: Any, log: Lo
               "mean_objects": summary["test"]["mean_objects"], "test_loss": summary["test"]["loss"],
               "train_seconds": summary["train_seconds"], "eval_seconds": summary["eval_seconds"]}
     return record, trainer.prepared
-
-
-def mean_sd(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation (0 for one value) and count of the non-missing values."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"mean": None, "sd": None, "n": 0}
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return {"mean": m, "sd": sd, "n": len(vals)}
 
 
 def relative_config(cfg: Any, out: Path) -> dict[str, Any]:
@@ -430,7 +385,7 @@ def _check_args(seeds: Sequence[int], sizes: Sequence[int], methods: Sequence[st
 def run_addition(out: str | Path, scale: str = "quick", seeds: Sequence[int] = (0,), sizes: Sequence[int] | None = None,
                  *, methods: Sequence[str] = METHODS, settings: AdditionSettings | None = None,
                  overrides: Sequence[str] = (), cache_dir: str | Path | None = None, command: str = "",
-                 log: Log = _no_log, progress: bool = False) -> dict[str, Any]:
+                 log: Log = no_log, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the experiment (module docstring); return the contents of ``results.json``.
 
     ``sizes`` defaults to the scale's (:func:`default_sizes`); ``settings`` replaces the settings

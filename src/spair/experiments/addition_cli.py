@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from .comparison_cli import _check_out, _int_list
+from .comparison_cli import check_out, int_list
 
 COMMAND_WORDS = "experiment addition"
 DEFAULT_OUT = Path("results/addition")
@@ -46,7 +46,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="settings to change, e.g. stage2_steps=8000 spair_steps=4000 classifier=mlp")
     p.add_argument("--scale", choices=("quick", "paper"), default="quick",
                    help="budgets: 'quick' (sizes 1k,4k,16k, about 75 min on 2 CPU cores for 1 seed) or 'paper'")
-    p.add_argument("--seeds", type=_int_list("seeds", 0), default="0", metavar="S1,S2,...",
+    p.add_argument("--seeds", type=int_list("seeds", 0), default="0", metavar="S1,S2,...",
                    help="seeds (one stage-1 and one stage-2 run per seed, size and method)")
     p.add_argument("--sizes", type=parse_sizes, default=None, metavar="K1,K2,...",
                    help="training-set sizes (default: the scale's; 1k,2k,...,128k for paper)")
@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
                           "estimated_training_cpu_seconds": budget_estimate(settings, sizes, args.seeds, args.methods)},
                          indent=2))
         return 0
-    _check_out(args.out)
+    check_out(args.out)
     command = shlex.join(["spair", *getattr(args, "argv", [])])
     results = run_addition(args.out, args.scale, args.seeds, sizes, methods=args.methods, settings=settings,
                            cache_dir=args.cache, command=command, log=say, progress=not quiet)

@@ -44,6 +44,7 @@ from ..io import read_json, write_json_atomic
 from .conncomp_baseline import TAU_GRID, TEST_SEED, VAL_SEED, detect_scenes, scene_spec
 from .conncomp_baseline import evaluate as evaluate_conncomp
 from .conncomp_baseline import tune_tau
+from .runs import TWO_CORE_SPEEDUP, Log, finished_result, mean_sd, no_log, trained_summary
 
 N_DIGITS: tuple[int, ...] = (1, 3, 5, 7, 9)
 """Numbers of digits per image of the comparison (the five training conditions of the paper)."""
@@ -77,15 +78,6 @@ STEP_CPU_SECONDS: dict[str, dict[int, float]] = {
     "dair": {1: 0.033, 3: 0.089, 5: 0.129, 7: 0.186, 9: 0.226},
 }
 
-TWO_CORE_SPEEDUP = 1.7
-"""Wall-time speedup of a training step with 2 torch threads over 1 thread: SPAIR's demo run took
-0.169 s per step with 2 threads on the same machine against 0.29 CPU-s on one."""
-
-Log = Callable[[str], None]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,21 +230,6 @@ def _select(metrics: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-def _finished(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's result when it finished with ``config``; None when it has not finished."""
-    from ..training.checkpoint import config_differences
-
-    path = run_dir / "result.json"
-    if not path.exists():
-        return None
-    result = read_json(path, "run result")
-    diff = config_differences(result.get("config", {}), config)
-    if diff:
-        raise ConfigError(f"{path} was produced with other settings ({', '.join(diff[:5])}); "
-                          "use another --out folder")
-    return result
-
-
 def _run_conncomp(n: int, run_dir: Path, data: _Data, settings: ComparisonSettings) -> dict[str, Any]:
     from ..models.conncomp import ConnCompDetector
 
@@ -269,7 +246,7 @@ def _run_spair(cfg: Any, run_dir: Path, data: _Data, settings: ComparisonSetting
     from ..training.evaluate import evaluate
     from ..training.trainer import Trainer
 
-    summary = _trained_summary(run_dir, cfg) or Trainer(
+    summary = trained_summary(run_dir, cfg) or Trainer(
         cfg, run_dir, progress=progress, tensorboard=False, log=log, train_data=data.train, val_data=data.val).fit()
     t0 = time.perf_counter()
     model = load_model(run_dir / "best.pt")
@@ -283,26 +260,12 @@ def _run_air(cfg: Any, run_dir: Path, data: _Data, settings: ComparisonSettings,
     from ..models.air import load_air_model
     from ..training.air_trainer import AirTrainer, evaluate_air
 
-    summary = _trained_summary(run_dir, cfg) or AirTrainer(
+    summary = trained_summary(run_dir, cfg) or AirTrainer(
         cfg, run_dir, progress=progress, log=log, train_data=data.train, val_data=data.val).fit()
     t0 = time.perf_counter()
     model = load_air_model(run_dir / "best.pt")
     tests = {mode: evaluate_air(model, data.test, sample=settings.sample, box_mode=mode) for mode in ("ink", "window")}
     return {**_train_record(summary), **_test_record(tests, settings), "eval_seconds": round(time.perf_counter() - t0, 2)}
-
-
-def _trained_summary(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
-    """The trainer's summary when the run already finished training with ``cfg`` (its evaluation by
-    the driver was cut short): training is not resumed, since a resumed run that had stopped early
-    would train on until its next validation."""
-    from ..training.checkpoint import config_differences
-
-    paths = [run_dir / name for name in ("config.json", "summary.json", "best.pt", "last.pt")]
-    if not all(p.exists() for p in paths):
-        return None
-    if config_differences(read_json(paths[0], "run config"), to_dict(cfg)):
-        return None  # the trainer itself refuses the folder with a clear message
-    return read_json(paths[1], "run summary")
 
 
 def _train_record(summary: dict[str, Any]) -> dict[str, Any]:
@@ -323,7 +286,7 @@ def _test_record(tests: dict[str, dict[str, Any]], settings: ComparisonSettings)
 def run_comparison(out: str | Path, scale: str = "quick", seeds: Sequence[int] = (0,),
                    n_values: Sequence[int] = N_DIGITS, *, methods: Sequence[str] = METHODS,
                    settings: ComparisonSettings | None = None, overrides: Sequence[str] = (),
-                   cache_dir: str | Path | None = None, command: str = "", log: Log = _no_log,
+                   cache_dir: str | Path | None = None, command: str = "", log: Log = no_log,
                    progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the experiment (module docstring); return the contents of ``results.json``.
 
@@ -369,7 +332,7 @@ def run_comparison(out: str | Path, scale: str = "quick", seeds: Sequence[int] =
         pending = []
         for method, seed, run_dir, run_config, cfg in jobs:
             key = f"n{n}/{method}" + ("" if seed is None else f"/seed{seed}")
-            done = _finished(run_dir, run_config)
+            done = finished_result(run_dir, run_config)
             if done is None:
                 pending.append((key, method, seed, run_dir, run_config, cfg))
             else:
@@ -403,20 +366,11 @@ def run_comparison(out: str | Path, scale: str = "quick", seeds: Sequence[int] =
     return results
 
 
-def _mean_sd(values: list[float]) -> dict[str, float | int | None]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"mean": None, "sd": None, "n": 0}
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return {"mean": m, "sd": sd, "n": len(vals)}
-
-
 def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    stats = {k: _mean_sd([r["test"].get(k) for r in runs]) for k in KEYS}
+    stats = {k: mean_sd([r["test"].get(k) for r in runs]) for k in KEYS}
     for field_ in ("test_window", "test_ink"):
         if any(field_ in r for r in runs):
-            stats[f"{field_[5:]}_boxes_spair_AP"] = _mean_sd([r[field_]["spair_AP"] for r in runs if field_ in r])
+            stats[f"{field_[5:]}_boxes_spair_AP"] = mean_sd([r[field_]["spair_AP"] for r in runs if field_ in r])
     return stats
 
 

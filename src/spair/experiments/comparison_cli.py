@@ -18,7 +18,7 @@ DEFAULT_OUT = Path("results/comparison")
 METHOD_NAMES = ("spair", "air", "dair", "conncomp")
 
 
-def _int_list(what: str, lo: int) -> Callable[[str], list[int]]:
+def int_list(what: str, lo: int) -> Callable[[str], list[int]]:
     """argparse type: comma-separated distinct integers ≥ ``lo`` (``"0,1"`` → ``[0, 1]``)."""
     def parse(text: str) -> list[int]:
         try:
@@ -47,9 +47,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="settings to change, e.g. spair_steps=3000 n_train=20000 air_lr=3e-4")
     p.add_argument("--scale", choices=("quick", "paper"), default="quick",
                    help="budgets: 'quick' (about 90 min on 2 CPU cores for 1 seed) or 'paper' (the paper's)")
-    p.add_argument("--seeds", type=_int_list("seeds", 0), default="0", metavar="S1,S2,...",
+    p.add_argument("--seeds", type=int_list("seeds", 0), default="0", metavar="S1,S2,...",
                    help="seeds of the learned models (one run per seed and n)")
-    p.add_argument("--n", dest="n_values", type=_int_list("numbers of digits", 1), default="1,3,5,7,9",
+    p.add_argument("--n", dest="n_values", type=int_list("numbers of digits", 1), default="1,3,5,7,9",
                    metavar="N1,N2,...", help="numbers of digits per image")
     p.add_argument("--methods", type=parse_methods, default=",".join(METHOD_NAMES), metavar="M1,M2,...",
                    help="methods to run: spair, air, dair, conncomp")
@@ -60,7 +60,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-settings", action="store_true", help="print the resolved settings and exit")
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Fail before any work when ``out`` cannot be a writable folder."""
     from ..errors import SpairError
 
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
                           "estimated_training_cpu_seconds": budget_estimate(settings, args.n_values, args.seeds,
                                                                              args.methods)}, indent=2))
         return 0
-    _check_out(args.out)
+    check_out(args.out)
     command = shlex.join(["spair", *getattr(args, "argv", [])])
     results = run_comparison(args.out, args.scale, args.seeds, args.n_values, methods=args.methods, settings=settings,
                              cache_dir=args.cache, command=command, log=say, progress=not quiet)

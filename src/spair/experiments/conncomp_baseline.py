@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError
 from ..io import write_json_atomic
+from .runs import no_log
 
 N_DIGITS: tuple[int, ...] = (1, 3, 5, 7, 9)
 """Numbers of digits per image of the comparison experiment."""
@@ -48,10 +49,6 @@ REPORTED_METRICS: tuple[str, ...] = (
 
 Log = Callable[[str], None]
 Progress = Callable[..., Iterable]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 def _no_progress(iterable: Iterable, desc: str = "") -> Iterable:
@@ -183,7 +180,7 @@ def _select(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def run_experiment(out: str | Path, n_scenes: int = 1000, cache_dir: str | Path | None = None,
-                   command: str = "", log: Log = _no_log, progress: Progress = _no_progress,
+                   command: str = "", log: Log = no_log, progress: Progress = _no_progress,
                    n_values: Sequence[int] = N_DIGITS) -> str:
     """Run the experiment (module docstring), write ``out/results.json`` and ``out/conncomp_ap.png``.
 

@@ -45,7 +45,7 @@ from .. import __version__
 from ..config import apply_overrides, from_dict, param, to_dict
 from ..errors import ConfigError
 from ..io import write_json_atomic
-from .comparison import TWO_CORE_SPEEDUP, _finished, _mean_sd, _trained_summary
+from .runs import TWO_CORE_SPEEDUP, finished_result, mean_sd, no_log, trained_summary
 from .conncomp_baseline import REPORTED_METRICS, TAU_GRID, TUNE_METRIC_DEFINITIONS
 
 CONDITIONS: tuple[str, ...] = ("1-5", "6-10", "11-15")
@@ -88,10 +88,6 @@ VAL_CPU_SECONDS_PER_CROP = 0.006
 CONNCOMP_CPU_SECONDS_PER_IMAGE = 0.047
 
 Log = Callable[[str], None]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 def _fmt(value: float | None) -> str:
@@ -424,7 +420,7 @@ def _run_spair(job: _Job, data: dict[str, Any], tests: Mapping[int, Any], settin
     from ..models.io import load_model
     from ..training.trainer import Trainer
 
-    summary = _trained_summary(job.run_dir, job.cfg) or Trainer(
+    summary = trained_summary(job.run_dir, job.cfg) or Trainer(
         job.cfg, job.run_dir, progress=progress, tensorboard=False, log=log, train_data=data["train"],
         val_data=data["val"]).fit()
     best = job.run_dir / "best.pt"
@@ -451,7 +447,7 @@ def _spair_curve(line: Line, runs: list[dict[str, Any]], n_values: list[int], bo
     sources = [(k, "test", k) for k in CURVE_KEYS] + [(f"{other}_boxes_{k}", f"test_{other}", k)
                                                        for k in ("spair_AP", "coco_AP[.1:.9]")]
     for name, field_, key in sources:
-        stats = [_mean_sd([r[field_].get(str(n), {}).get(key) for r in runs]) for n in n_values]
+        stats = [mean_sd([r[field_].get(str(n), {}).get(key) for r in runs]) for n in n_values]
         mean[name] = [s["mean"] for s in stats]
         sd[name] = [s["sd"] for s in stats]
     return {"label": line.label, "kind": "spair", "condition": line.condition, "lookback": line.lookback,
@@ -485,7 +481,7 @@ def run_transfer(out: str | Path, *, experiment: str, description: str, scale: s
                  seeds: Sequence[int], settings: GeneralizationSettings, conncomp: bool,
                  plot: Callable[[dict[str, Any], Path], None], figure_name: str,
                  extra: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None, command: str = "",
-                 log: Log = _no_log, progress: bool = False) -> dict[str, Any]:
+                 log: Log = no_log, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) SPAIR ``lines`` × ``seeds`` and, with ``conncomp``, ConnComp, all under the
     full-image test protocol; write ``OUT/results.json``, ``OUT/<figure_name>`` (drawn by ``plot``)
     and ``OUT/examples.png``; return the contents of ``results.json``.
@@ -530,7 +526,7 @@ def run_transfer(out: str | Path, *, experiment: str, description: str, scale: s
     for condition in dict.fromkeys(line.condition for line in lines):
         pending = []
         for job in (j for j in jobs if j.line.condition == condition):
-            done = _finished(job.run_dir, job.run_config)
+            done = finished_result(job.run_dir, job.run_config)
             if done is None:
                 pending.append(job)
             else:
@@ -544,7 +540,7 @@ def run_transfer(out: str | Path, *, experiment: str, description: str, scale: s
         data: dict[str, Any] = {"train": None, "val": None, "specs": None}
         for job in pending:
             job_specs = {k: to_dict(s) for k, s in training_specs(job.cfg).items()}
-            if _trained_summary(job.run_dir, job.cfg) is None and data["specs"] != job_specs:
+            if trained_summary(job.run_dir, job.cfg) is None and data["specs"] != job_specs:
                 from ..data.datasets import get_dataset
 
                 data = {k: get_dataset(s, cache_dir=cache_dir) for k, s in training_specs(job.cfg).items()}
@@ -577,7 +573,7 @@ def _run_conncomp_all(out: Path, settings: GeneralizationSettings, n_values: lis
     for n in n_values:
         run_dir = out / "conncomp" / f"n{n}"
         config = {**base, "n": n}
-        done = _finished(run_dir, config)
+        done = finished_result(run_dir, config)
         if done is None:
             t0 = time.perf_counter()
             val = get_dataset(full_image_spec(n, "val", settings), cache_dir=cache_dir)
@@ -589,7 +585,7 @@ def _run_conncomp_all(out: Path, settings: GeneralizationSettings, n_values: lis
         state["conncomp"][n] = done
     run_dir = out / "conncomp" / "global"
     config = {**base, "method": "conncomp-global", "n_values": n_values}
-    done = _finished(run_dir, config)
+    done = finished_result(run_dir, config)
     if done is None:
         t0 = time.perf_counter()
         val = concat_scenes([get_dataset(full_image_spec(n, "val", settings), cache_dir=cache_dir) for n in n_values])
@@ -697,7 +693,7 @@ def generalization_lines(conditions: Sequence[str], settings: GeneralizationSett
 def run_generalization(out: str | Path = "results/generalization", scale: str = "quick", seeds: Sequence[int] = (0,),
                        conditions: Sequence[str] = CONDITIONS, *, settings: GeneralizationSettings | None = None,
                        overrides: Sequence[str] = (), cache_dir: str | Path | None = None, command: str = "",
-                       log: Log = _no_log, progress: bool = False) -> dict[str, Any]:
+                       log: Log = no_log, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the experiment of the module docstring; return the contents of ``results.json``.
 
     ``settings`` replaces the settings of ``scale``; ``overrides`` are ``KEY=VALUE`` changes of them

@@ -22,7 +22,7 @@ SUMMARY_NS = (1, 5, 10, 15, 20)
 """Numbers of digits whose test AP the verbs print at the end."""
 
 
-def _int_list(what: str, lo: int, hi: int | None = None) -> Callable[[str], list[int]]:
+def int_list(what: str, lo: int, hi: int | None = None) -> Callable[[str], list[int]]:
     """argparse type: comma-separated distinct integers in ``[lo, hi]`` (``"0,1"`` → ``[0, 1]``)."""
     def parse(text: str) -> list[int]:
         try:
@@ -64,7 +64,7 @@ def _common_arguments(p: argparse.ArgumentParser, default_out: Path, default_con
     p.add_argument("--scale", choices=("quick", "paper"), default="quick",
                    help="budgets: 'quick' (about 1 hour on 2 CPU cores, docs/generalization.md) or 'paper' "
                         "(the paper's)")
-    p.add_argument("--seeds", type=_int_list("seeds", 0), default="0", metavar="S1,S2,...",
+    p.add_argument("--seeds", type=int_list("seeds", 0), default="0", metavar="S1,S2,...",
                    help="seeds of the SPAIR runs (one run per seed and curve)")
     p.add_argument("--conditions", type=parse_conditions, default=default_conditions, metavar="LO-HI,...",
                    help="training conditions: ranges of digits per base image")
@@ -81,12 +81,12 @@ def _generalization_arguments(p: argparse.ArgumentParser) -> None:
 
 def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     _common_arguments(p, DEFAULT_ABLATION_OUT, "11-15,1-5")
-    p.add_argument("--lookbacks", type=_int_list("lookbacks", 0, 4), default="0,1", metavar="L1,L2,...",
+    p.add_argument("--lookbacks", type=int_list("lookbacks", 0, 4), default="0,1", metavar="L1,L2,...",
                    help="lookbacks L of the lateral connections (0 = none; the spec also ran 2)")
     p.add_argument("--conncomp", action="store_true", help="add ConnComp's curves (tau tuned per n and metric)")
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Fail before any work when ``out`` cannot be a writable folder."""
     from ..errors import SpairError
 
@@ -140,7 +140,7 @@ def _run_generalization(args: argparse.Namespace) -> int:
         lookback = spair_config(args.conditions[0], settings, 0).model.n_lookback
         _print_settings(args, settings, [lookback], conncomp=True)
         return 0
-    _check_out(args.out)
+    check_out(args.out)
     results = run_generalization(args.out, args.scale, args.seeds, args.conditions, settings=settings,
                                  cache_dir=args.cache, command=shlex.join(["spair", *getattr(args, "argv", [])]),
                                  log=say, progress=not getattr(args, "quiet", False))
@@ -157,7 +157,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     if args.print_settings:
         _print_settings(args, settings, args.lookbacks, conncomp=args.conncomp)
         return 0
-    _check_out(args.out)
+    check_out(args.out)
     results = run_ablation(args.out, args.scale, args.seeds, args.lookbacks, args.conditions, settings=settings,
                            conncomp=args.conncomp, cache_dir=args.cache,
                            command=shlex.join(["spair", *getattr(args, "argv", [])]), log=say,

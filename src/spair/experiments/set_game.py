@@ -34,8 +34,8 @@ from .. import __version__
 from ..config import apply_overrides, from_dict, param, to_dict
 from ..errors import ConfigError
 from ..io import write_json_atomic, write_text_atomic
-from .addition import (TWO_CORE_SPEEDUP, finished_result, mean_sd, relative_config, run_spair_stage1, run_stage2,
-                       stage2_config)
+from .addition import relative_config, run_spair_stage1, run_stage2, stage2_config
+from .runs import TWO_CORE_SPEEDUP, finished_result, mean_sd, no_log
 
 METHODS: tuple[str, ...] = ("spair_fixed", "spair_unfixed", "convnet", "truebb")
 """Methods of Table 1 (SPAIR in both stage-2 variants), in the order they are run and tabulated."""
@@ -62,10 +62,6 @@ CLASSIFIER_STEP_CPU_SECONDS = {"recurrent": 0.0163, "mlp": 0.0048, "obj": 0.0208
 nil): a run with another classifier costs ``STEP_CPU_SECONDS[method]`` plus the difference."""
 
 Log = Callable[[str], None]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 @dataclass
@@ -196,7 +192,7 @@ def _data_info(settings: SetSettings, cache_dir: str | Path | None) -> dict[str,
 def run_set(out: str | Path, scale: str = "quick", seeds: Sequence[int] = (0, 1, 2), *,
             methods: Sequence[str] = METHODS, classifiers: Sequence[str] = ("recurrent",),
             settings: SetSettings | None = None, overrides: Sequence[str] = (), cache_dir: str | Path | None = None,
-            command: str = "", log: Log = _no_log, progress: bool = False) -> dict[str, Any]:
+            command: str = "", log: Log = no_log, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the experiment (module docstring); return the contents of ``results.json``.
 
     ``methods`` ⊆ :data:`METHODS`, ``classifiers`` ⊆ :data:`CLASSIFIERS`; ``settings`` replaces

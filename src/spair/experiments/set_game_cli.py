@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from .comparison_cli import _check_out, _int_list
+from .comparison_cli import check_out, int_list
 
 COMMAND_WORDS = "experiment set"
 DEFAULT_OUT = Path("results/set")
@@ -38,7 +38,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="settings to change, e.g. n_train=64000 stage2_steps=8000 spair_steps=4000")
     p.add_argument("--scale", choices=("quick", "paper"), default="quick",
                    help="budgets: 'quick' (about 60 min on 2 CPU cores for 3 seeds) or 'paper'")
-    p.add_argument("--seeds", type=_int_list("seeds", 0), default="0,1,2", metavar="S1,S2,...",
+    p.add_argument("--seeds", type=int_list("seeds", 0), default="0,1,2", metavar="S1,S2,...",
                    help="seeds (one stage-1 SPAIR and one stage-2 run per seed, method and classifier)")
     p.add_argument("--methods", type=_names(METHOD_NAMES), default=",".join(METHOD_NAMES), metavar="M1,M2,...",
                    help="methods: " + ", ".join(METHOD_NAMES))
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
                           "estimated_training_cpu_seconds": budget_estimate(settings, args.seeds, args.methods,
                                                                              args.classifiers)}, indent=2))
         return 0
-    _check_out(args.out)
+    check_out(args.out)
     command = shlex.join(["spair", *getattr(args, "argv", [])])
     results = run_set(args.out, args.scale, args.seeds, methods=args.methods, classifiers=args.classifiers,
                       settings=settings, cache_dir=args.cache, command=command, log=say, progress=not quiet)

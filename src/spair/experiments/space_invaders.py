@@ -58,6 +58,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
+from .runs import no_log
 
 FRAME_SIZE = (210, 160)
 """(height, width) of an Atari frame."""
@@ -81,10 +82,6 @@ REPORTED_DETECTION_METRICS = ("coco_AP@.5", "coco_AP[.1:.9]", "spair_AP", "count
                               "count_bias", "n_images", "n_gt", "n_pred")
 
 Log = Callable[[str], None]
-
-
-def _no_log(message: str) -> None:
-    """Default ``log``: say nothing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,7 +427,7 @@ def _settings_key(obj: Any) -> str:
 
 def run_space_invaders(out: str | Path = "results/space_invaders", scale: str | Scale = "quick", *, seed: int = 0,
                        cache_dir: str | Path | None = None, num_threads: int = 0, device: str = "auto",
-                       log: Log = _no_log, progress: bool = False, tensorboard: bool = False,
+                       log: Log = no_log, progress: bool = False, tensorboard: bool = False,
                        command: str = "") -> dict[str, Any]:
     """Run the experiment (module docstring) into ``out``; return the contents of ``results.json``.
 

@@ -37,10 +37,11 @@ from ..config import param
 from ..errors import ConfigError
 from ..ops.count_prior import count_prior_kl, exponential_prior_kl
 from ..ops.distributions import bounded_std, clipped_sigmoid, gaussian_kl, relaxed_bernoulli
-from ..ops.render import extract_glimpses, render
+from ..ops.render import extract_glimpses, render, render_windowed
 from .networks import MLP, Backbone
 
 SampleMode = Literal["relaxed", "hard", "mean"]
+RenderMode = Literal["auto", "full"]
 
 
 @dataclass
@@ -163,6 +164,44 @@ def make_schedule(H: int, W: int, lookback: int, kind: str = "wavefront") -> Sch
     return Schedule(tuple(groups), tuple(context), to_raster)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """A :class:`Schedule` laid out for the encoder loop on one device.
+
+    ``order``: raster indices of all cells in step order; ``sizes[t]``: cells of step t (so the
+    per-step inputs are views of one gathered tensor). Context is read from the programs of a few
+    recent steps only: ``first[t]`` is the earliest step that step t reads, and ``context[t]``
+    (n_t, K) indexes [edge, programs of steps first[t] .. t−1] (0 = edge). ``to_raster`` maps the
+    step-ordered outputs back to raster order.
+    """
+
+    order: torch.Tensor
+    sizes: tuple[int, ...]
+    first: tuple[int, ...]
+    context: tuple[torch.Tensor, ...]
+    to_raster: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def step_plan(H: int, W: int, lookback: int, kind: str = "wavefront",
+              device: torch.device | str = "cpu") -> StepPlan:
+    sched = make_schedule(H, W, lookback, kind)
+    sizes = tuple(len(g) for g in sched.groups)
+    start = [0]
+    for n in sizes:
+        start.append(start[-1] + n)          # programs of step t hold positions start[t]+1 .. start[t+1]
+    step_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+    first, context = [], []
+    for t, ctx in enumerate(sched.context):
+        refs = ctx[ctx > 0]
+        f = int(step_of[int(refs.min()) - 1]) if refs.numel() else t
+        first.append(f)
+        local = torch.where(ctx > 0, ctx - start[f], torch.zeros_like(ctx))
+        context.append(local.reshape(-1).to(device))
+    return StepPlan(torch.cat(sched.groups).to(device), sizes, tuple(first), tuple(context),
+                    sched.to_raster.to(device))
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs
 
@@ -238,6 +277,12 @@ class SpairOutput:
 
 
 class Spair(nn.Module):
+    #: How :meth:`decode` renders: "auto" = :func:`~spair.ops.render.render_windowed` (each sprite over
+    #: its own pixel window, cost linear in the image area), "full" = the reference
+    #: :func:`~spair.ops.render.render` (every sprite over the whole image). Same images up to float
+    #: rounding; a run-time setting, not part of the model's config or weights.
+    render_mode: RenderMode = "auto"
+
     def __init__(self, cfg: SpairConfig | None = None):
         super().__init__()
         cfg = cfg or SpairConfig()
@@ -293,14 +338,17 @@ class Spair(nn.Module):
 
     def encode(self, x: torch.Tensor, noise: SpairNoise, sample: SampleMode = "relaxed",
                training_wheels: float = 0.0, schedule: str = "wavefront") -> SpairOutput:
-        """Infer every cell's latents q(z | x) (paper 4.3), lateral connections included."""
+        """Infer every cell's latents q(z | x) (paper 4.3), lateral connections included.
+
+        Under autocast only the networks' matmuls and convolutions run in low precision: every
+        network output is cast back to the input's dtype before the distribution maths."""
         cfg = self.cfg
         B, _, H_img, W_img = x.shape
-        feat = self.backbone(x)                                         # (B, F, H, W)
+        dt = x.dtype
+        feat = self.backbone(x.contiguous(memory_format=torch.channels_last)).to(dt)   # (B, F, H, W)
         H, W = feat.shape[-2:]
-        N = H * W
         feat = feat.flatten(2).transpose(1, 2)                          # (B, N, F) raster order
-        sched = make_schedule(H, W, cfg.n_lookback, schedule)
+        plan = step_plan(H, W, cfg.n_lookback, schedule, x.device)
         T = cfg.n_passthrough_features
         stochastic = sample != "mean"
 
@@ -312,26 +360,31 @@ class Spair(nn.Module):
                 return v.detach()
             return training_wheels * v.detach() + (1.0 - training_wheels) * v
 
-        programs = [self.edge_program().expand(B, 1, cfg.program_size)]
+        def by_step(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return v.index_select(1, plan.order).split(plan.sizes, 1)
+
+        feats, cells_t = by_step(feat), plan.order.split(plan.sizes)
+        if stochastic:
+            n_where, n_what, n_depth, n_pres = (by_step(v) for v in (noise.where, noise.what, noise.depth, noise.pres))
+        edge = self.edge_program().to(dt).expand(B, 1, cfg.program_size)
+        programs: list[torch.Tensor] = []                               # one (B, n_t, P) tensor per step
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in (
             "where_mean", "where_std", "z_where", "boxes", "glimpses", "what_mean", "what_std", "z_what",
             "depth_mean", "depth_std", "z_depth", "pres_logit", "z_pres")}
-        for cells, ctx_idx in zip(sched.groups, sched.context):
-            cells = cells.to(x.device)
+        for t, (f, cells) in enumerate(zip(feats, cells_t)):
             n = cells.numel()
-            f = feat[:, cells]                                          # (B, n, F)
-            if ctx_idx.shape[1] > 0:
-                everything = torch.cat(programs, 1) if len(programs) > 1 else programs[0]
-                ctx = everything[:, ctx_idx.to(x.device).reshape(-1)].reshape(B, n, -1)
-                f_ctx = torch.cat([f, ctx], -1)
+            ctx_idx = plan.context[t]
+            if ctx_idx.numel() > 0:
+                recent = torch.cat([edge, *programs[plan.first[t]:t]], 1)
+                f_ctx = torch.cat([f, recent.index_select(1, ctx_idx).reshape(B, n, -1)], -1)
             else:
                 f_ctx = f
 
             # z_where (box network)
-            h = self.box_net(f_ctx)
+            h = self.box_net(f_ctx).to(dt)
             w_mean, w_std = wheels(h[..., :4]), wheels(bounded_std(h[..., 4:8]))
             f1 = h[..., 8:8 + T]
-            w_logit = w_mean + w_std * noise.where[:, cells] if stochastic else w_mean
+            w_logit = w_mean + w_std * n_where[t] if stochastic else w_mean
             yx = cfg.min_yx + (cfg.max_yx - cfg.min_yx) * clipped_sigmoid(w_logit[..., :2])
             hw = cfg.min_hw + (cfg.max_hw - cfg.min_hw) * clipped_sigmoid(w_logit[..., 2:])
             z_where = torch.cat([yx, hw], -1)
@@ -339,24 +392,24 @@ class Spair(nn.Module):
 
             # z_what (glimpse + object encoder)
             glimpses = extract_glimpses(x, boxes, cfg.object_shape)     # (B, n, 3, gh, gw)
-            e = self.obj_encoder(glimpses.flatten(2))
+            e = self.obj_encoder(glimpses.flatten(2)).to(dt)
             a_mean, a_std = e[..., :cfg.A], bounded_std(e[..., cfg.A:])
-            z_what = a_mean + a_std * noise.what[:, cells] if stochastic else a_mean
+            z_what = a_mean + a_std * n_what[t] if stochastic else a_mean
 
             # z_depth (depth network)
-            h = self.depth_net(torch.cat([f_ctx, f1, z_where, z_what], -1))
+            h = self.depth_net(torch.cat([f_ctx, f1, z_where, z_what], -1)).to(dt)
             d_mean, d_std = wheels(h[..., :1]), wheels(bounded_std(h[..., 1:2]))
             f2 = h[..., 2:2 + T]
-            d_logit = d_mean + d_std * noise.depth[:, cells] if stochastic else d_mean
+            d_logit = d_mean + d_std * n_depth[t] if stochastic else d_mean
             z_depth = cfg.max_depth * clipped_sigmoid(d_logit)
 
             # z_pres (presence network), relaxed Bernoulli
-            logit = wheels(self.pres_net(torch.cat([f_ctx, f2, z_where, z_what, z_depth], -1)))
+            logit = wheels(self.pres_net(torch.cat([f_ctx, f2, z_where, z_what, z_depth], -1)).to(dt))
             alpha = (logit / cfg.obj_temp).clamp(-10.0, 10.0)
             if sample == "mean":
                 z_pres = (alpha > 0).to(alpha.dtype)
             else:
-                z_pres = relaxed_bernoulli(alpha, noise.pres[:, cells], cfg.obj_concrete_temp)
+                z_pres = relaxed_bernoulli(alpha, n_pres[t], cfg.obj_concrete_temp)
                 if sample == "hard":
                     z_pres = torch.round(z_pres)
 
@@ -367,8 +420,7 @@ class Spair(nn.Module):
                          ("pres_logit", alpha), ("z_pres", z_pres)):
                 outs[k].append(v)
 
-        perm = sched.to_raster.to(x.device)
-        r = {k: (torch.cat(v, 1) if len(v) > 1 else v[0])[:, perm] for k, v in outs.items()}
+        r = {k: (torch.cat(v, 1) if len(v) > 1 else v[0]).index_select(1, plan.to_raster) for k, v in outs.items()}
         return SpairOutput(
             grid_hw=(H, W), image_hw=(H_img, W_img), z_where=r["z_where"], boxes=r["boxes"],
             z_what=r["z_what"], z_depth=r["z_depth"], z_pres=r["z_pres"], pres_logit=r["pres_logit"],
@@ -392,7 +444,7 @@ class Spair(nn.Module):
             return given.to(x.dtype).view(B, 3, 1, 1)
         flat = x.flatten(2)
         stats = torch.cat([flat.mean(-1), flat.median(-1).values], -1)   # (B, 6): robust colour statistics
-        h = self.bg_net(stats)
+        h = self.bg_net(stats).to(x.dtype)
         mean, log_std = h[:, :3], h[:, 3:]
         logit = mean + torch.exp(log_std) * noise.bg if sample != "mean" else mean
         return torch.sigmoid(logit).view(B, 3, 1, 1)
@@ -402,7 +454,7 @@ class Spair(nn.Module):
         cfg = self.cfg
         B, N, _ = z_what.shape
         sh, sw = cfg.object_shape
-        logits = self.obj_decoder(z_what).view(B, N, 4, sh, sw)
+        logits = self.obj_decoder(z_what).to(z_what.dtype).view(B, N, 4, sh, sw)
         rgb = clipped_sigmoid(cfg.color_logit_scale * logits[:, :, :3])
         alpha = clipped_sigmoid(cfg.alpha_logit_scale * logits[:, :, 3:] + cfg.alpha_logit_bias)
         return rgb, alpha
@@ -414,7 +466,15 @@ class Spair(nn.Module):
         out.sprites_rgb, out.sprites_alpha = rgb, alpha
         gated = alpha * out.z_pres[..., None, None]                         # alpha' = alpha · z_pres
         importance = (gated * out.z_depth[..., None, None]).clamp(min=cfg.importance_floor)
-        return render(rgb, gated, importance, out.boxes, background, out.image_hw)
+        with torch.autocast(rgb.device.type, enabled=False):               # rendering stays in full precision
+            if self.render_mode == "full":
+                return render(rgb, gated, importance, out.boxes, background, out.image_hw)
+            if self.render_mode != "auto":
+                raise ConfigError(f"render_mode: '{self.render_mode}' is not 'auto' or 'full'")
+            # on the CPU the batch's largest box gives the tightest window (one host read); elsewhere the
+            # configured bound on the box size avoids a device synchronization
+            bound = "batch" if rgb.device.type == "cpu" else (cfg.max_hw * cfg.anchor[0], cfg.max_hw * cfg.anchor[1])
+            return render_windowed(rgb, gated, importance, out.boxes, background, out.image_hw, bound)
 
     # -- the ELBO -----------------------------------------------------------------------------
 

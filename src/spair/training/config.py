@@ -89,7 +89,7 @@ class TrainConfig:
     device: str = param("auto", help="'auto', 'cpu' or 'cuda[:k]'")
     init_from: str = param("", help="start from the model weights of this checkpoint or model file "
                            "(a curriculum stage); the optimizer and the step start afresh")
-    amp: bool = param(False, help="bf16 autocast on CUDA (KLs and log-odds stay in fp32)")
+    amp: bool = param(False, help="bf16 autocast on CUDA and on the CPU (latents, log-odds, KLs, rendering and likelihood stay in fp32)")
 
     def __post_init__(self) -> None:
         if self.data.crop is not None:

@@ -11,6 +11,10 @@ A run lives in one folder:
 Running the same command again on a folder that holds ``last.pt`` resumes from it and, on the CPU,
 ends with the same weights as an uninterrupted run: the checkpoint holds the model, the optimizer,
 the step (which drives every schedule) and the states of the two random generators (batches, noise).
+
+Under ``torchrun --nproc_per_node=N`` the trainer runs data-parallel (DDP; see
+:mod:`spair.training.distributed`): the same global batch and the same per-image noise as one
+process, gradients averaged over ranks, rank 0 alone logging, evaluating and checkpointing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +35,8 @@ from ..config import from_dict, to_dict
 from ..data.scenes import Scenes
 from ..errors import CheckpointError, ConfigError, SpairError
 from ..io import read_json, write_json_atomic, write_text_atomic
-from ..models.spair import Spair
+from ..models.spair import Spair, SpairNoise
+from . import distributed
 from .checkpoint import FORMAT, config_differences, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
@@ -82,16 +87,24 @@ def _with_split(scene: Any, split: str) -> Any:
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True,
                  tensorboard: bool = True, log: Callable[[str], None] | None = None,
-                 rank: int = 0, world_size: int = 1, train_data: Scenes | None = None,
+                 rank: int | None = None, world_size: int | None = None, train_data: Scenes | None = None,
                  val_data: Scenes | None = None, test_data: Scenes | None = None):
+        """``rank``/``world_size`` default to the running process group, else to torchrun's
+        environment (``fit`` then joins the group and leaves it at the end), else to 0 and 1."""
         self.cfg = cfg
         self.out = Path(out_dir)
+        env = distributed.current() or distributed.launched_env()
+        rank = (env.rank if env else 0) if rank is None else rank
+        world_size = (env.world_size if env else 1) if world_size is None else world_size
         self.progress = progress and rank == 0
         self.use_tb = tensorboard and rank == 0
         self.rank, self.world_size = rank, world_size
         self._given = {"train": train_data, "val": val_data, "test": test_data}  # instead of the config's data
-        self._log = log or (lambda s: print(s, flush=True))
+        say = log or (lambda s: print(s, flush=True))
+        self._log = say if rank == 0 else (lambda s: None)
         self.device = resolve_device(cfg.device)
+        if world_size > 1:
+            self.device = distributed.device_for(self.device, env)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         if cfg.optim.batch_size % world_size:
@@ -148,7 +161,8 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp_model = DistributedDataParallel(self.model, find_unused_parameters=True)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         if cfg.init_from:
             from ..models.io import load_model
 
@@ -193,12 +207,13 @@ class Trainer:
                 "schedules": self.schedules_state(self.step), "best": dict(self.best), "bad_steps": self.bad_steps}
 
     def _seed_step(self) -> None:
-        """Counter-based randomness: the generators are re-seeded from (seed, step, rank) at every
-        step, so a resumed run draws exactly the batches and noise of an uninterrupted one and a
-        checkpoint needs no generator state."""
+        """Counter-based randomness: the generators are re-seeded from (seed, step) at every step, so
+        a resumed run draws exactly the batches and noise of an uninterrupted one and a checkpoint
+        needs no generator state. Every rank of a data-parallel job draws the same numbers (the
+        global batch's noise, then the gradient noise), so the replicas stay identical."""
         base = self.cfg.seed * 1_000_003 + self.step
         self.data_gen.manual_seed(base * 2 + 1)
-        self.noise_gen.manual_seed((base * 2 + 2) * 1009 + self.rank)
+        self.noise_gen.manual_seed((base * 2 + 2) * 1009)
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -211,6 +226,25 @@ class Trainer:
         x = torch.from_numpy(self.train.images[idx]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         return x, idx
 
+    def _noise(self, x: torch.Tensor) -> SpairNoise:
+        """The sampling noise of this rank's images: drawn for the whole global batch and sliced, so an
+        image gets the same noise whatever the number of processes."""
+        B = self.cfg.optim.batch_size
+        gh, gw = self.model.grid_shape(x.shape[-2], x.shape[-1])
+        noise = SpairNoise.sample(B, gh * gw, self.cfg.model.A, self.device, self.noise_gen, x.dtype)
+        if self.world_size == 1:
+            return noise
+        per = B // self.world_size
+        lo = self.rank * per
+        return SpairNoise(**{f.name: getattr(noise, f.name)[lo:lo + per] for f in fields(noise)})
+
+    def _autocast(self) -> Any:
+        """bf16 autocast for ``amp`` on CUDA and on the CPU; the model keeps its distribution maths,
+        rendering, KLs and likelihood in fp32 (see ``Spair.encode`` / ``Spair.decode``)."""
+        if self.cfg.amp and self.device.type in ("cuda", "cpu"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return _nullcontext()
+
     def train_step(self) -> dict[str, float] | None:
         cfg, step = self.cfg, self.step
         for g in self.optimizer.param_groups:
@@ -219,13 +253,14 @@ class Trainer:
         x, idx = self._batch()
         log_odds = self.count_prior.value(step)
         tw = self.training_wheels.value(step)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and self.device.type == "cuda") else _nullcontext()
-        with autocast:
-            out = self.ddp_model(x, log_odds, sample="relaxed", training_wheels=tw, generator=self.noise_gen)
+        noise = self._noise(x)
+        with self._autocast():
+            out = self.ddp_model(x, log_odds, sample="relaxed", training_wheels=tw, noise=noise)
         losses = out.losses
         loss = losses.total.float().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
+        # every rank takes the same decision: a non-finite loss on any rank skips the step everywhere
+        finite = bool(torch.isfinite(distributed.all_reduce_sum(loss.detach()) if self.world_size > 1 else loss))
         if finite:
             loss.backward()
             params = [p for p in self.params if p.grad is not None]
@@ -262,20 +297,55 @@ class Trainer:
                      "frac_on": float(on.mean()), "count_bias": float((pred_counts - true_counts).mean()),
                      "box_h": float(size[0]), "box_w": float(size[1]), "grad_norm": float(gnorm),
                      "count_prior_log_odds": log_odds, "training_wheels": tw, "lr": self.lr_at(step)}
+            if self.world_size > 1:
+                self._reduce_stats(stats, on, wh)
         return stats
+
+    def _reduce_stats(self, stats: dict[str, float], on: torch.Tensor, wh: torch.Tensor) -> None:
+        """Replace the rank's batch statistics by those of the global batch (equal slices: means of
+        means; the box size from summed numerators and denominators)."""
+        keys = [k for k in ("loss", "recon", "kl_where", "kl_what", "kl_depth", "kl_pres", "kl", "frac_on",
+                            "count_bias") if k in stats]
+        local = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+        for k, v in zip(keys, distributed.all_reduce_mean(local).tolist()):
+            stats[k] = v
+        box = torch.cat([(wh * on).sum((0, 1)), on.sum().reshape(1)]).double()
+        bh, bw, n_on = distributed.all_reduce_sum(box).tolist()
+        stats["box_h"], stats["box_w"] = bh / max(n_on, 1.0), bw / max(n_on, 1.0)
 
     # -- the loop -----------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        """Train to the end (or an early stop) and return the summary. Under torchrun, joins the
+        process group for the run and leaves it at the end."""
+        if self.world_size == 1:
+            return self._fit()
+        with distributed.process_group(self.device) as env:
+            if env is None or (env.rank, env.world_size) != (self.rank, self.world_size):
+                got = "no process group" if env is None else f"rank {env.rank} of {env.world_size}"
+                raise ConfigError(f"trainer: rank {self.rank} of {self.world_size} processes was requested but "
+                                  f"this process has {got} (start data-parallel runs with torchrun)")
+            return self._fit()
+
+    def _rank0_first(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0, then on the other ranks (run-folder creation, dataset caching)."""
+        if self.world_size > 1 and self.rank != 0:
+            distributed.barrier()
+        result = fn()
+        if self.world_size > 1 and self.rank == 0:
+            distributed.barrier()
+        return result
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        ckpt = self._prepare_run_dir()
+        ckpt = self._rank0_first(self._prepare_run_dir)
         self._build()
         if ckpt is not None:
             self._restore(ckpt)
             self._log(f"resuming {self.out} from step {self.step}")
         t0 = time.perf_counter()
-        self.train = self._given["train"] or load_split(cfg, "train")
-        self.val = self._given["val"] or load_split(cfg, "val")
+        self.train, self.val = self._rank0_first(lambda: (self._given["train"] or load_split(cfg, "train"),
+                                                          self._given["val"] or load_split(cfg, "val")))
         self.train_counts = self.train.counts.astype(np.float64)
         if self.rank == 0:
             self._log(f"data: {len(self.train)} training and {len(self.val)} validation images of "
@@ -346,11 +416,7 @@ class Trainer:
                 self._log(f"stopping at step {self.step}: validation AP {ap:.3f} ≥ {cfg.eval.stop_at_ap}")
                 stop = True
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([int(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
+            stop = distributed.broadcast_flag(stop, self.device)
         return stop
 
     def _finish(self, wall: float) -> dict[str, Any]:
