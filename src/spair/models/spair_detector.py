@@ -32,6 +32,7 @@ from .spair import SampleMode, Spair, SpairOutput
 BoxMode = Literal["window", "ink", "segment"]
 INK_THRESHOLD = 0.1
 CLAIM_THRESHOLD = 0.05
+DEDUP_IOU = 0.5
 
 
 def window_boxes_px(out: SpairOutput) -> torch.Tensor:
@@ -80,6 +81,52 @@ def ink_boxes_px(model: Spair, out: SpairOutput, ink_threshold: float = INK_THRE
     return mask_extents(v > ink_threshold, y0, x0, out.image_hw)
 
 
+def _input_ink(x: torch.Tensor, out: SpairOutput, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The input's own ink max_c |x − bg| at every window pixel."""
+    B = x.shape[0]
+    fg = (x - out.background).abs().amax(1).reshape(B, -1)
+    return fg.gather(1, idx).reshape(shape)
+
+
+@torch.no_grad()
+def duplicate_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, max_iou: float,
+                      ink_threshold: float = INK_THRESHOLD, claim_threshold: float = CLAIM_THRESHOLD) -> torch.Tensor:
+    """Present objects that explain the same image pixels as a more probable one (B, N bool).
+
+    The pixels an object explains are the foreground pixels of the input (ink > ``ink_threshold``)
+    where its own visible ink exceeds ``claim_threshold``. Going through the present objects by
+    decreasing presence probability, an object whose pixel set overlaps one already kept with
+    intersection-over-union above ``max_iou`` is a duplicate: two cells that both drew the same digit.
+    (The renderer averages overlapping sprites, so a duplicate leaves the reconstruction unchanged and
+    training removes it only slowly.)
+    """
+    v, y0, x0 = visible_ink_windows(model, out)
+    B, N, wh, ww = v.shape
+    H, W = out.image_hw
+    flat, inside = _window_pixels(y0, x0, (wh, ww), (H, W))
+    idx = flat.reshape(B, -1)
+    own = inside & (_input_ink(x, out, idx, v.shape) > ink_threshold) & (v > claim_threshold)
+    own = own & present[..., None, None]
+    canvas = torch.zeros(B * N, H * W, dtype=torch.float32, device=v.device).scatter_reduce(
+        1, flat.reshape(B * N, -1), own.reshape(B * N, -1).float(), reduce="amax", include_self=True)
+    canvas = canvas.reshape(B, N, H * W)
+    inter = canvas @ canvas.transpose(1, 2)                                    # (B, N, N)
+    area = inter.diagonal(dim1=1, dim2=2)
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1.0)
+    prob = out.pres_prob.squeeze(-1)
+    dup = torch.zeros_like(present)
+    for b in range(B):
+        kept: list[int] = []
+        for i in torch.argsort(prob[b], descending=True).tolist():
+            if not present[b, i]:
+                continue
+            if any(iou[b, i, j] > max_iou for j in kept):
+                dup[b, i] = True
+            else:
+                kept.append(i)
+    return dup
+
+
 @torch.no_grad()
 def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                      ink_threshold: float = INK_THRESHOLD, claim_threshold: float = CLAIM_THRESHOLD
@@ -101,8 +148,7 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     strongest = torch.zeros(B, H * W, dtype=v.dtype, device=v.device).scatter_reduce(
         1, idx, claims, reduce="amax", include_self=True)
     best = strongest.gather(1, idx).reshape(B, N, wh, ww)
-    fg = (x - out.background).abs().amax(1).reshape(B, H * W)                  # input's own ink
-    ink = fg.gather(1, idx).reshape(B, N, wh, ww)
+    ink = _input_ink(x, out, idx, v.shape)
     mask = inside & (ink > ink_threshold) & (v > claim_threshold) & (v >= best)
     return mask_extents(mask, y0, x0, (H, W))
 
@@ -110,11 +156,14 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
 @torch.no_grad()
 def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "segment",
                            min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
-                           use_samples: bool = False, x: torch.Tensor | None = None) -> list[Detections]:
+                           use_samples: bool = False, x: torch.Tensor | None = None,
+                           dedup_iou: float | None = DEDUP_IOU) -> list[Detections]:
     """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
-    input batch, needed by ``box_mode="segment"``."""
+    input batch, needed by ``box_mode="segment"`` and by ``dedup_iou`` (None: keep duplicates)."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
+    if dedup_iou is not None and x is not None:
+        keep = keep & ~duplicate_objects(model, out, x, keep, dedup_iou, ink_threshold)
     boxes = window_boxes_px(out)
     if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(model, out, ink_threshold)

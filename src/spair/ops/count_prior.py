@@ -60,11 +60,14 @@ def count_prior_cell_probs(on: torch.Tensor, log_odds: float) -> torch.Tensor:
     c = torch.arange(N + 1, dtype=torch.float64, device=on.device)  # (N+1,)
     log_prior = count_prior_log_probs(log_odds, N).to(on.device)
 
-    k_, off_, c_ = k[..., None], off[..., None], c                  # (B, N, 1), (N+1,)
+    k_, off_, c_ = k[..., None], off[..., None], c
     valid = (c_ >= k_) & (N - c_ >= off_)
-    lg = torch.lgamma
-    log_rho = (log_prior + lg(c_ + 1) - lg((c_ - k_).clamp(min=0) + 1)
-               + lg(N - c_ + 1) - lg((N - c_ - off_).clamp(min=0) + 1))
+    # log-factorials from a table: every argument below is an integer in [0, N]
+    log_fact = torch.lgamma(torch.arange(N + 1, dtype=torch.float64, device=on.device) + 1)
+    ci = torch.arange(N + 1, device=on.device)
+    ki, offi = k_.long(), off_.long()
+    log_rho = (log_prior + log_fact[ci] - log_fact[(ci - ki).clamp(min=0)]
+               + log_fact[N - ci] - log_fact[(N - ci - offi).clamp(min=0)])
     log_rho = torch.where(valid, log_rho, torch.full_like(log_rho, -math.inf))
     rho = torch.softmax(log_rho, dim=-1)                            # (B, N, N+1)
     r = ((c_ - k_) / (N - i)[None, :, None]).clamp(0.0, 1.0)

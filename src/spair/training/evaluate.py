@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.scenes import Scenes
-from ..metrics import evaluate_detections
+from ..metrics import evaluate_detections, spair_ap
 from ..models.detector import Detections
 from ..models.spair import SampleMode, Spair
 from ..models.spair_detector import BoxMode, INK_THRESHOLD, detections_from_output, run_model
@@ -51,12 +51,17 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
 def evaluate(model: Spair, scenes: Scenes, *, batch_size: int = 100, sample: SampleMode = "mean",
              box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
              ink_threshold: float = INK_THRESHOLD) -> dict[str, Any]:
-    """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size)."""
+    """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size).
+
+    ``spair_AP`` is the paper's protocol with confidence 1 for every reported box;
+    ``spair_ranked_AP`` is the same protocol ranking the boxes by presence probability."""
     dets = predict(model, scenes.images, batch_size=batch_size, sample=sample, box_mode=box_mode,
                    min_score=min_score, seed=seed, backgrounds=scenes.backgrounds, ink_threshold=ink_threshold)
     H, W = scenes.images.shape[1:3]
-    metrics = evaluate_detections([d.boxes for d in dets], [d.scores for d in dets], scenes.boxes,
-                                  image_sizes=[(H, W)] * len(scenes))
+    boxes, scores = [d.boxes for d in dets], [d.scores for d in dets]
+    metrics = evaluate_detections(boxes, scores, scenes.boxes, image_sizes=[(H, W)] * len(scenes))
+    # the same protocol with the presence probability as each box's confidence (instead of 1)
+    metrics.update({f"spair_ranked_{k}": v for k, v in spair_ap(boxes, scenes.boxes, scores).items()})
     sizes = np.concatenate([d.boxes[:, 2:] - d.boxes[:, :2] for d in dets] or [np.zeros((0, 2))])
     metrics["mean_box_wh"] = [float(v) for v in sizes.mean(0)] if len(sizes) else [0.0, 0.0]
     metrics["n_images"] = len(scenes)
