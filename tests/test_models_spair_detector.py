@@ -1,0 +1,122 @@
+"""SPAIR as a detector: window, ink and segment boxes on hand-made latents, duplicate removal,
+and the Detector interface on images of mixed sizes."""
+
+import numpy as np
+import pytest
+import torch
+
+from spair.models.spair import Spair, SpairConfig, SpairOutput
+from spair.models.spair_detector import (SpairDetector, detections_from_output, duplicate_objects, ink_boxes_px,
+                                         segment_boxes_px, window_boxes_px)
+
+
+def small_model(**kw):
+    cfg = dict(backbone_channels=8, n_backbone_features=8, n_passthrough_features=4, lateral_hidden=(8,),
+               encoder_hidden=(16,), decoder_hidden=(16,), A=4, object_shape=(8, 8))
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return Spair(SpairConfig(**cfg)).eval()
+
+
+def fake_output(boxes_px, sprites_alpha, probs, hw=(24, 24)):
+    """A SpairOutput with the given pixel boxes (x0, y0, x1, y1), white sprites with the given alpha
+    maps, black background and presence probabilities."""
+    H, W = hw
+    N = len(boxes_px)
+    b = torch.tensor(boxes_px, dtype=torch.float32)
+    norm = torch.stack([b[:, 1] / H, b[:, 0] / W, (b[:, 3] - b[:, 1]) / H, (b[:, 2] - b[:, 0]) / W], -1)[None]
+    alpha = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in sprites_alpha])[None, :, None]
+    prob = torch.tensor(probs, dtype=torch.float32).view(1, N, 1)
+    out = SpairOutput(grid_hw=(2, 2), image_hw=hw, z_where=torch.zeros(1, N, 4), boxes=norm,
+                      z_what=torch.zeros(1, N, 4), z_depth=torch.ones(1, N, 1), z_pres=(prob > 0.5).float(),
+                      pres_logit=torch.logit(prob), pres_prob=prob, glimpses=torch.zeros(1, N, 3, 8, 8))
+    out.sprites_rgb = torch.ones(1, N, 3, *alpha.shape[-2:])
+    out.sprites_alpha = alpha
+    out.background = torch.zeros(1, 3, 1, 1)
+    return out
+
+
+def square_alpha(size=8, lo=2, hi=6):
+    a = np.zeros((size, size), np.float32)
+    a[lo:hi, lo:hi] = 1.0
+    return a
+
+
+def test_window_ink_and_segment_boxes():
+    model = small_model()
+    # one object whose 8×8 sprite covers pixels [4, 12) and holds ink in its central 4×4
+    out = fake_output([(4, 4, 12, 12)], [square_alpha()], [0.9])
+    np.testing.assert_allclose(window_boxes_px(out)[0, 0].numpy(), [4, 4, 12, 12])
+    ink, found = ink_boxes_px(model, out)
+    assert found[0, 0]
+    np.testing.assert_allclose(ink[0, 0].numpy(), [6, 6, 10, 10])
+    # the input holds a 3×5 block of ink inside the sprite's region: the segment box is its extent
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:9, 6:11] = 1.0
+    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True]]))
+    assert found[0, 0]
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 9])  # clipped to where the object has ink
+
+
+def test_segment_pixels_go_to_the_strongest_claimant():
+    model = small_model()
+    a_left = np.zeros((8, 8), np.float32)
+    a_left[:, :4] = 1.0
+    a_right = np.zeros((8, 8), np.float32)
+    a_right[:, 4:] = 0.6
+    out = fake_output([(0, 0, 8, 8), (0, 0, 8, 8)], [a_left, a_right], [0.9, 0.8])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 0:8, 0:8] = 1.0
+    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True, True]]))
+    np.testing.assert_allclose(seg[0, 0].numpy(), [0, 0, 4, 8])
+    np.testing.assert_allclose(seg[0, 1].numpy(), [4, 0, 8, 8])
+
+
+def test_duplicates_are_dropped_keeping_the_most_probable():
+    model = small_model()
+    out = fake_output([(4, 4, 12, 12), (4, 5, 12, 13), (14, 14, 22, 22)],
+                      [square_alpha(), square_alpha(), square_alpha()], [0.7, 0.95, 0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 16:20, 16:20] = 1.0
+    present = torch.tensor([[True, True, True]])
+    dup = duplicate_objects(model, out, x, present, max_iou=0.5)
+    assert dup.tolist() == [[True, False, False]]
+    dets = detections_from_output(model, out, x=x)
+    assert len(dets[0]) == 2
+    np.testing.assert_allclose(sorted(dets[0].scores), [0.9, 0.95], atol=1e-6)
+    kept = detections_from_output(model, out, x=x, dedup_iou=None)
+    assert len(kept[0]) == 3
+
+
+def test_min_score_filters_by_presence_probability():
+    model = small_model()
+    out = fake_output([(4, 4, 12, 12), (14, 14, 22, 22)], [square_alpha(), square_alpha()], [0.3, 0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    assert len(detections_from_output(model, out, x=x, min_score=0.5)[0]) == 1
+    assert len(detections_from_output(model, out, x=x, min_score=0.2)[0]) == 2
+
+
+def test_detector_on_mixed_sizes():
+    det = SpairDetector(model=small_model(), min_score=0.0)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((24, 24), (30, 17), (24, 24), (5, 7))]
+    out = det.detect(images)
+    assert len(out) == 4
+    for im, d in zip(images, out):
+        H, W = im.shape[:2]
+        assert 1 <= len(d) <= model_cells(det.model, H, W)  # min_score 0: every cell but duplicates
+        assert np.all((d.scores >= 0) & (d.scores <= 1))
+        assert np.all(d.boxes[:, [0, 2]] <= W) and np.all(d.boxes[:, [1, 3]] <= H) and np.all(d.boxes >= 0)
+
+
+def model_cells(model, H, W):
+    gh, gw = model.grid_shape(H, W)
+    return gh * gw
+
+
+def test_detector_rejects_bad_options():
+    from spair.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_score"):
+        SpairDetector(model=small_model(), min_score=2.0)
