@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_results(tmp_path):
     for (size, mode), c in cases.items():
         assert "error" not in c, c
         assert c["train_step_s"]["wall"] > 0 and c["inference_batch_s"]["cpu"] >= 0
-        assert c["peak_rss_mb"] > c["rss_before_mb"] > 0
+        assert c["peak_rss_mb"] >= c["rss_before_mb"] > 0
         split = c["split_s"]["wall"]
         assert set(split) == {*bm.COMPONENTS, "step"}
         assert split["backward"] > 0 and split["backbone"] > 0 and split["rendering"] > 0

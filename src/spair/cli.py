@@ -1159,7 +1159,11 @@ def resolve_train_config(args: argparse.Namespace):
     from .training.presets import get_preset
 
     if args.config is not None:
-        cfg = from_dict(TrainConfig, load_config_file(args.config))
+        data = load_config_file(args.config)
+        try:
+            cfg = from_dict(TrainConfig, data)
+        except ConfigError as e:
+            raise ConfigError(f"{args.config}: {e}") from None
     else:
         cfg = get_preset(args.preset or "demo")
     return apply_overrides(cfg, list(args.overrides))

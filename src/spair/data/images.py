@@ -133,8 +133,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                             f"more than the limit max_pixels = {max_pixels}") from None
         raise DataError(f"image is too large: {path} has more than {decoder_limit} pixels, "
                         "the most the image decoder accepts") from None
-    except OSError as e:
+    except PermissionError as e:
         raise DataError(f"cannot read image file {path}: {e.strerror or e}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # a header PIL recognises but cannot parse
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"image file is truncated or corrupt: {path} ({detail})") from None
     with img:
         width, height = img.size
         if width * height > max_pixels:

@@ -2,9 +2,10 @@
 
 - ``paper``: the authors' settings (spec section 12): lr 1e-4, count-prior odds ×0.1 per 1000 steps,
   1000 steps of training wheels, 300k steps. For GPUs.
-- ``demo``: the CPU recipe of docs/cpu-recipe.md, about 10 minutes on 2 cores; 48×48 crops of 84×84
-  scenes with 1–15 digits, tested on 48×48 scenes with 5 digits.
-- ``pretrained``: the recipe behind the model shipped in the package (longer than ``demo``).
+- ``demo``: the CPU recipe of docs/cpu-recipe.md, about 10 minutes on 2 cores; 48×48 scenes with
+  1–9 digits, tested on 48×48 scenes with 5 digits.
+- ``pretrained``: the recipe behind the model shipped in the package: 48×48 crops of 84×84 scenes with
+  1–15 digits (so it works on images of any size), longer than ``demo``.
 - ``tiny``: a few dozen steps on a handful of images, for tests and smoke runs.
 """
 
@@ -26,12 +27,14 @@ def paper() -> TrainConfig:
 
 
 def demo() -> TrainConfig:
-    return apply_overrides(TrainConfig(), CPU_RECIPE + ["optim.max_steps=3000", "eval.every=250"])
+    return apply_overrides(TrainConfig(), CPU_RECIPE + [
+        "data.scene.image_size=[48,48]", "data.scene.n_objects=[1,9]", "data.crop=null",
+        "optim.max_steps=6000", "eval.every=500"])
 
 
 def pretrained() -> TrainConfig:
-    return apply_overrides(TrainConfig(), CPU_RECIPE + ["optim.max_steps=8000", "eval.every=500",
-                                                         "data.n_train=40000"])
+    return apply_overrides(TrainConfig(), CPU_RECIPE + ["optim.max_steps=12000", "eval.every=1000",
+                                                         "data.n_train=25000"])
 
 
 def tiny() -> TrainConfig:
@@ -52,7 +55,8 @@ def smoke() -> TrainConfig:
 
 #: The CPU recipe (docs/cpu-recipe.md): what changed from the paper's settings to train in minutes.
 CPU_RECIPE = [
-    "optim.lr=1e-3", "optim.batch_size=32", "optim.lr_drop_at=0.75", "optim.grad_noise_decay_steps=300",
+    "optim.lr=1e-3", "optim.batch_size=16", "optim.max_grad_norm=0", "optim.lr_drop_at=0.75",
+    "optim.grad_noise_decay_steps=300",
     "schedule.count_prior_decay_steps=300", "schedule.training_wheels_steps=300",
     "model.hw_prior_std=2.0", "data.n_train=20000", "data.n_val=125",
 ]
