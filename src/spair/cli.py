@@ -1104,6 +1104,32 @@ def _experiment_conncomp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("results/pretrained"), metavar="DIR",
+                   help="folder for results.json and results.md")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="model file (.safetensors, or a training checkpoint) (default: the shipped model)")
+    p.add_argument("--num", type=_int_in(10, 1_000_000), default=1000, help="test scenes per case")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+
+
+@command("experiment pretrained", "a model, unchanged, on held-out 48x48 scenes (n = 1,3,5,7,9) and 84x84 scenes (n = 20)",
+         _experiment_pretrained_arguments,
+         description="Run a SPAIR model (by default the one shipped in the package) on held-out scenes of\n"
+                     "test digits: 48x48 with exactly 1, 3, 5, 7, 9 digits and full 84x84 with 20 digits;\n"
+                     "write SPAIR-AP, COCO AP and count errors to DIR/results.json and DIR/results.md.",
+         examples=("spair experiment pretrained", "spair experiment pretrained --checkpoint runs/x/best.pt --out /tmp/p"))
+def _experiment_pretrained(args: argparse.Namespace) -> int:
+    from .experiments.pretrained_eval import results_table, run_pretrained_eval
+
+    check_output_file(args.out / "results.json", "--out")
+    results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cache_dir=args.cache,
+                                  command=_command_line(args), log=lambda msg: _say(args, msg))
+    _say(args, results_table(results))
+    return 0
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
                    help="folder for everything the demo writes")
