@@ -319,7 +319,8 @@ def test_conncomp_detect_and_help_do_not_import_torch(tmp_path):
     img = _write_png(tmp_path / "a.png", _square_image(255))
     probe = ("import sys\nfrom spair.cli import main\ncode = main(sys.argv[1:])\n"
              "print('torch' in sys.modules, 'matplotlib' in sys.modules, code)")
-    proc = _subprocess("detect", str(img), "--out", str(tmp_path / "det.json"), "--quiet", code=probe)
+    proc = _subprocess("detect", str(img), "--out", str(tmp_path / "det.json"), "--quiet", "--method", "conncomp",
+                       code=probe)
     assert proc.stdout.strip() == "False False 0", proc.stderr
     proc = _subprocess("--help", code=probe.replace("main(sys.argv[1:])", "main(['eval', '--help'])"))
     assert proc.stdout.strip().splitlines()[-1] == "False False 0"
@@ -428,3 +429,31 @@ def test_data_show_writes_a_grid(capsys, tmp_path):
     code, _, err = run(capsys, "data", "show", data, "--out", tmp_path / "grid.png", "--num", "4")
     assert code == 0, err
     assert Image.open(tmp_path / "grid.png").size == (320, 345)  # 2x2 panels of 1.6 in (+ titles) at 100 dpi
+
+
+def test_default_method_is_spair_and_tau_selects_conncomp(capsys, tmp_path):
+    from spair.data.datasets import DatasetSpec, build_dataset
+    from spair.data.scenes import SceneConfig
+
+    scenes = build_dataset(DatasetSpec(scene=SceneConfig(image_size=(48, 48), n_objects=(2, 2), split="test"),
+                                       n_images=1, seed=5))
+    img = _write_png(tmp_path / "a.png", scenes.images[0])
+    truth = sorted(scenes.boxes[0].tolist())
+    found = {}
+    for name, extra in (("spair", []), ("conncomp", ["--tau", "0.3"])):
+        code, _, err = run(capsys, "--quiet", "detect", img, "--out", tmp_path / f"{name}.json", *extra)
+        assert code == 0, err
+        found[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    # both find the two digits (the default is the shipped SPAIR model, whose scores are presence probabilities)
+    for name, results in found.items():
+        boxes = sorted([x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in results))
+        assert len(boxes) == 2, (name, boxes, truth)
+        assert np.allclose(boxes, truth, atol=3), (name, boxes, truth)
+    assert all(0.5 <= r["score"] <= 1.0 for r in found["spair"])
+    code, _, err = run(capsys, "detect", img, "--out", tmp_path / "x.json", "--method", "spair", "--tau", "0.1")
+    assert code == 2
+    assert_one_error(err, "--tau is an option of --method conncomp")
+    code, _, err = run(capsys, "detect", img, "--out", tmp_path / "x.json", "--tau", "0.1", "--checkpoint", "m.pt")
+    assert code == 2
+    assert_one_error(err, "--checkpoint is an option of --method spair")
+    assert not (tmp_path / "x.json").exists()

@@ -115,7 +115,7 @@ class Method:
 METHODS: dict[str, Method] = {}
 """Registered detection methods by name."""
 
-DEFAULT_METHOD = "conncomp"
+DEFAULT_METHOD = "spair"
 """The method ``detect`` and ``eval`` use when ``--method`` is not given."""
 
 
@@ -409,18 +409,41 @@ register_method(Method("spair", "the SPAIR model (pretrained, or --checkpoint)",
 
 
 def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
-                        help="detection method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
+    parser.add_argument("--method", choices=sorted(METHODS), default=None,
+                        help="detection method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values())
+                        + f" (default: {DEFAULT_METHOD}; conncomp when --tau or --tau-file is given)")
     group = parser.add_argument_group("method options")
     for method in METHODS.values():
         method.add_arguments(group)
+
+
+#: Options that belong to one method: giving them with another method is an error, and giving
+#: ``--tau``/``--tau-file`` without ``--method`` selects ConnComp.
+METHOD_OPTIONS = {"conncomp": ("tau", "tau_file"), "spair": ("checkpoint",)}
+
+
+def resolve_method(args: argparse.Namespace) -> str:
+    """The method of ``--method``, else ConnComp when one of its options is given, else the default;
+    an option of another method than the one chosen is refused."""
+    method = args.method
+    if method is None:
+        method = "conncomp" if any(getattr(args, o, None) is not None for o in METHOD_OPTIONS["conncomp"]) \
+            else DEFAULT_METHOD
+    for other, options in METHOD_OPTIONS.items():
+        for option in options:
+            if other != method and getattr(args, option, None) is not None:
+                raise ConfigError(f"--{option.replace('_', '-')} is an option of --method {other}, "
+                                  f"not of --method {method}")
+    args.method = method
+    return method
 
 
 def make_detector(args: argparse.Namespace):
     """The detector selected by ``--method`` with its options from ``args``."""
     from .models.detector import get_detector
 
-    return get_detector(args.method, **METHODS[args.method].options(args))
+    method = resolve_method(args)
+    return get_detector(method, **METHODS[method].options(args))
 
 
 # =============================================================================================
