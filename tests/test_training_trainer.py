@@ -108,6 +108,13 @@ def test_resume_refuses_a_changed_config(tmp_path):
     with pytest.raises(ConfigError, match="optim.lr"):
         Trainer(tiny("optim.max_steps=10", "optim.lr=0.5"), out, progress=False, tensorboard=False,
                 log=lambda s: None).fit()
+    # how a run executes (threads, device, time limit) is not part of what it computes: resuming is allowed
+    before = weights(out / "last.pt")
+    summary = Trainer(tiny("optim.max_steps=10", "num_threads=2", "max_minutes=60"), out, progress=False,
+                      tensorboard=False, log=lambda s: None).fit()
+    assert summary["steps"] == 10
+    after = weights(out / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):

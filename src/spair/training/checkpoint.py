@@ -57,8 +57,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+#: Settings of how a run executes rather than what it computes: a run may resume with others.
+RUNTIME_SETTINGS = ("num_threads", "device", "max_minutes")
+
+
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Paths at which two plain-data configs differ (for 'resume refused on a changed config')."""
+    """Paths at which two plain-data configs differ (for 'resume refused on a changed config');
+    the top-level :data:`RUNTIME_SETTINGS` are not compared."""
+    if not prefix and isinstance(a, dict) and isinstance(b, dict):
+        a = {k: v for k, v in a.items() if k not in RUNTIME_SETTINGS}
+        b = {k: v for k, v in b.items() if k not in RUNTIME_SETTINGS}
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
