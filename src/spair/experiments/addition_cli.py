@@ -8,11 +8,10 @@ handler.
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Callable
 
-from .comparison_cli import check_out, int_list
+from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 COMMAND_WORDS = "experiment addition"
 DEFAULT_OUT = Path("results/addition")
@@ -54,8 +53,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="methods: " + ", ".join(METHOD_NAMES))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help="folder for the runs, results.json and addition_accuracy.png; running again resumes")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
     p.add_argument("--print-settings", action="store_true", help="print the resolved settings and exit")
 
 
@@ -66,10 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from .addition import budget_estimate, default_sizes, run_addition, settings_for_scale
 
     quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    say = sayer(args)
 
     settings = apply_overrides(settings_for_scale(args.scale), list(args.overrides))
     sizes = args.sizes or list(default_sizes(args.scale))
@@ -79,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     check_out(args.out)
-    command = shlex.join(["spair", *getattr(args, "argv", [])])
+    command = command_line(args)
     results = run_addition(args.out, args.scale, args.seeds, sizes, methods=args.methods, settings=settings,
                            cache_dir=args.cache, command=command, log=say, progress=not quiet)
     for row in results["per_size"]:

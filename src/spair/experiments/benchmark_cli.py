@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+from .cli_args import int_at_least, sayer
+
 COMMAND_WORDS = "benchmark"
 DEFAULT_OUT = Path("results/benchmark")
 MODE_NAMES = ("wavefront", "raster", "no-lateral")
@@ -42,16 +44,6 @@ def parse_modes(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of a few seconds per case: 48x48, batch 4, one timed step")
@@ -59,9 +51,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="image sizes, HxW or one number for squares (default: 48,64,84,128,256,210x160)")
     p.add_argument("--modes", type=parse_modes, default=None, metavar="M1,M2,...",
                    help="lateral-connection modes: wavefront, raster, no-lateral (default: all three)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="B", help="images per step (default: 32)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None, metavar="B", help="images per step (default: 32)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads per case (0 = every core)")
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="timed training steps per case (default: 3)")
+    p.add_argument("--steps", type=int_at_least(1), default=None, metavar="K", help="timed training steps per case (default: 3)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time to report: wall clock, or process CPU time (steadier on a busy machine with --threads 1)")
     p.add_argument("--allocators", action="store_true",
@@ -76,11 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .benchmark import BenchmarkConfig, allocator_table, markdown_table, quick_config, run_allocators, run_benchmark
 
-    quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    say = sayer(args)
 
     cfg = quick_config() if args.quick else BenchmarkConfig()
     changes = {"threads": args.threads, "clock": args.clock}

@@ -8,29 +8,14 @@ experiment (and torch with it) is imported by the handler.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 from pathlib import Path
 from typing import Callable
+
+from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 COMMAND_WORDS = "experiment comparison"
 DEFAULT_OUT = Path("results/comparison")
 METHOD_NAMES = ("spair", "air", "dair", "conncomp")
-
-
-def int_list(what: str, lo: int) -> Callable[[str], list[int]]:
-    """argparse type: comma-separated distinct integers ≥ ``lo`` (``"0,1"`` → ``[0, 1]``)."""
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-        if not values or len(set(values)) != len(values) or min(values) < lo:
-            raise argparse.ArgumentTypeError(f"expected distinct {what} (integers >= {lo}), got '{text}'")
-        return values
-
-    parse.__name__ = what
-    return parse
 
 
 def parse_methods(text: str) -> list[str]:
@@ -55,22 +40,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="methods to run: spair, air, dair, conncomp")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help="folder for the runs, results.json and comparison_ap.png; running again resumes")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
     p.add_argument("--print-settings", action="store_true", help="print the resolved settings and exit")
-
-
-def check_out(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be a writable folder."""
-    from ..errors import SpairError
-
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise SpairError(f"--out: {probe} is a file, not a folder")
-    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
-        raise SpairError(f"--out: folder {probe} is not writable")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -80,10 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     from .comparison import budget_estimate, run_comparison, settings_for_scale
 
     quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    say = sayer(args)
 
     settings = apply_overrides(settings_for_scale(args.scale), list(args.overrides))
     if args.print_settings:
@@ -92,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
                                                                              args.methods)}, indent=2))
         return 0
     check_out(args.out)
-    command = shlex.join(["spair", *getattr(args, "argv", [])])
+    command = command_line(args)
     results = run_comparison(args.out, args.scale, args.seeds, args.n_values, methods=args.methods, settings=settings,
                              cache_dir=args.cache, command=command, log=say, progress=not quiet)
     for row in results["per_n"]:

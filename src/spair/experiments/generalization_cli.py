@@ -9,10 +9,10 @@ experiments (and torch with them) are imported by the handlers.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 from pathlib import Path
 from typing import Any, Callable
+
+from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 GENERALIZATION_WORDS = "experiment generalization"
 ABLATION_WORDS = "experiment ablation"
@@ -20,23 +20,6 @@ DEFAULT_GENERALIZATION_OUT = Path("results/generalization")
 DEFAULT_ABLATION_OUT = Path("results/ablation")
 SUMMARY_NS = (1, 5, 10, 15, 20)
 """Numbers of digits whose test AP the verbs print at the end."""
-
-
-def int_list(what: str, lo: int, hi: int | None = None) -> Callable[[str], list[int]]:
-    """argparse type: comma-separated distinct integers in ``[lo, hi]`` (``"0,1"`` → ``[0, 1]``)."""
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-        bad = not values or len(set(values)) != len(values) or min(values) < lo or (hi is not None and max(values) > hi)
-        if bad:
-            bound = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-            raise argparse.ArgumentTypeError(f"expected distinct {what} (integers {bound}), got '{text}'")
-        return values
-
-    parse.__name__ = what
-    return parse
 
 
 def parse_conditions(text: str) -> list[str]:
@@ -70,8 +53,7 @@ def _common_arguments(p: argparse.ArgumentParser, default_out: Path, default_con
                    help="training conditions: ranges of digits per base image")
     p.add_argument("--out", type=Path, default=default_out, metavar="DIR",
                    help="folder for the runs, results.json and the figures; running again resumes")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
     p.add_argument("--print-settings", action="store_true", help="print the resolved settings and exit")
 
 
@@ -84,29 +66,6 @@ def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookbacks", type=int_list("lookbacks", 0, 4), default="0,1", metavar="L1,L2,...",
                    help="lookbacks L of the lateral connections (0 = none; the spec also ran 2)")
     p.add_argument("--conncomp", action="store_true", help="add ConnComp's curves (tau tuned per n and metric)")
-
-
-def check_out(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be a writable folder."""
-    from ..errors import SpairError
-
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise SpairError(f"--out: {probe} is a file, not a folder")
-    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
-        raise SpairError(f"--out: folder {probe} is not writable")
-
-
-def _sayer(args: argparse.Namespace) -> Callable[[str], None]:
-    quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
-
-    return say
 
 
 def _print_settings(args: argparse.Namespace, settings: Any, lookbacks: list[int], conncomp: bool) -> None:
@@ -134,7 +93,7 @@ def _run_generalization(args: argparse.Namespace) -> int:
     from ..config import apply_overrides
     from .generalization import run_generalization, settings_for_scale, spair_config
 
-    say = _sayer(args)
+    say = sayer(args)
     settings = apply_overrides(settings_for_scale(args.scale), list(args.overrides))
     if args.print_settings:
         lookback = spair_config(args.conditions[0], settings, 0).model.n_lookback
@@ -142,7 +101,7 @@ def _run_generalization(args: argparse.Namespace) -> int:
         return 0
     check_out(args.out)
     results = run_generalization(args.out, args.scale, args.seeds, args.conditions, settings=settings,
-                                 cache_dir=args.cache, command=shlex.join(["spair", *getattr(args, "argv", [])]),
+                                 cache_dir=args.cache, command=command_line(args),
                                  log=say, progress=not getattr(args, "quiet", False))
     _summarize(results, say)
     return 0
@@ -152,7 +111,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     from ..config import apply_overrides
     from .ablation import run_ablation, settings_for_scale
 
-    say = _sayer(args)
+    say = sayer(args)
     settings = apply_overrides(settings_for_scale(args.scale), list(args.overrides))
     if args.print_settings:
         _print_settings(args, settings, args.lookbacks, conncomp=args.conncomp)
@@ -160,7 +119,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     check_out(args.out)
     results = run_ablation(args.out, args.scale, args.seeds, args.lookbacks, args.conditions, settings=settings,
                            conncomp=args.conncomp, cache_dir=args.cache,
-                           command=shlex.join(["spair", *getattr(args, "argv", [])]), log=say,
+                           command=command_line(args), log=say,
                            progress=not getattr(args, "quiet", False))
     _summarize(results, say)
     return 0

@@ -8,11 +8,10 @@ handler.
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Callable
 
-from .comparison_cli import check_out, int_list
+from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 COMMAND_WORDS = "experiment set"
 DEFAULT_OUT = Path("results/set")
@@ -46,8 +45,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="classifiers: recurrent (LSTM 256, the paper's), mlp, obj, arn1, arn3")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help="folder for the runs, results.json and table.md; running again resumes")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
     p.add_argument("--print-settings", action="store_true", help="print the resolved settings and exit")
 
 
@@ -58,10 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     from .set_game import budget_estimate, run_set, settings_for_scale
 
     quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    say = sayer(args)
 
     settings = apply_overrides(settings_for_scale(args.scale), list(args.overrides))
     if args.print_settings:
@@ -70,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
                                                                              args.classifiers)}, indent=2))
         return 0
     check_out(args.out)
-    command = shlex.join(["spair", *getattr(args, "argv", [])])
+    command = command_line(args)
     results = run_set(args.out, args.scale, args.seeds, methods=args.methods, classifiers=args.classifiers,
                       settings=settings, cache_dir=args.cache, command=command, log=say, progress=not quiet)
     say(results["markdown"])

@@ -8,25 +8,12 @@ is imported when the verb runs.
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Callable
 
+from .cli_args import command_line, int_at_least, sayer
+
 SCALE_NAMES = ("quick", "paper", "tiny")
-
-
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -35,11 +22,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                         "(for a GPU); tiny: a one-minute smoke test that learns nothing")
     p.add_argument("--out", type=Path, default=Path("results/space_invaders"), metavar="DIR",
                    help="folder for the run folders background/ and spair/, results.json, figure6.png, pseudo_gt.png")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the episodes, the crops, the initialization and the training")
     p.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="cache of the Atari frames (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
-    p.add_argument("--threads", type=_int_at_least(0), default=0, metavar="N",
+    p.add_argument("--threads", type=int_at_least(0), default=0, metavar="N",
                    help="torch CPU threads (0 = all cores)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:k]'")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs in the run folders")
@@ -49,14 +36,11 @@ def _experiment_space_invaders(args: argparse.Namespace) -> int:
     from .space_invaders import run_space_invaders
 
     quiet = getattr(args, "quiet", False)
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
+    say = sayer(args)
 
     run_space_invaders(args.out, args.scale, seed=args.seed, cache_dir=args.cache, num_threads=args.threads,
                        device=args.device, log=say, progress=not quiet, tensorboard=args.tensorboard,
-                       command=shlex.join(["spair", *getattr(args, "argv", [])]))
+                       command=command_line(args))
     return 0
 
 
