@@ -22,7 +22,6 @@ resumed from ``last.pt`` ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -36,10 +35,11 @@ import torch
 from ..config import param, to_dict
 from ..data.scenes import SceneConfig, Scenes
 from ..errors import ConfigError, SpairError
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic
 from ..models.air import CHECKPOINT_FORMAT, Air, AirConfig, AirDetector, load_air_model, read_air_checkpoint
 from .checkpoint import config_differences, save_checkpoint
 from .config import DataConfig, TestConfig
+from .metrics_log import append_record, trim_after
 from .schedules import Exponential
 from .trainer import load_split, load_test, resolve_device
 
@@ -348,22 +348,11 @@ class AirTrainer:
                     unit="step", dynamic_ncols=True, mininterval=1.0)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.out / "metrics.jsonl", record)
 
     def _trim_metrics_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (they will be written again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        write_text_atomic(path, "".join(k + "\n" for k in keep))
+        trim_after(self.out / "metrics.jsonl", self.step)
 
 
 def paper_air_config(variant: str, n: int) -> AirTrainConfig:

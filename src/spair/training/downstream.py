@@ -24,7 +24,6 @@ stopped early remembers it (``stopped`` in ``last.pt``) and is not trained furth
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -39,10 +38,11 @@ import torch.nn.functional as F
 
 from ..config import from_dict, param, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..io import load_torch_file, read_json, sha256_file, write_json_atomic, write_text_atomic
+from ..io import load_torch_file, read_json, sha256_file, write_json_atomic
 from ..models.classifiers import (ClassifierConfig, DownstreamModel, FrontEndConfig, Prepared,
                                   build_downstream_model, images_to_tensor)
 from .checkpoint import config_differences, save_checkpoint
+from .metrics_log import append_record, trim_after
 from .trainer import resolve_device
 
 FORMAT = "spair-downstream-1"
@@ -426,22 +426,11 @@ class DownstreamTrainer:
                     unit="step", dynamic_ncols=True, mininterval=1.0)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.out / "metrics.jsonl", record)
 
     def _trim_metrics_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (they will be written again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        write_text_atomic(path, "".join(k + "\n" for k in keep))
+        trim_after(self.out / "metrics.jsonl", self.step)
 
 
 __all__ = ["DownstreamConfig", "DownstreamEvalConfig", "DownstreamOptimConfig", "DownstreamTrainer", "FORMAT",

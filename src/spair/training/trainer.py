@@ -19,7 +19,6 @@ process, gradients averaged over ranks, rank 0 alone logging, evaluating and che
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -34,12 +33,13 @@ import torch
 from ..config import from_dict, to_dict
 from ..data.scenes import Scenes
 from ..errors import CheckpointError, ConfigError, SpairError
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic
 from ..models.spair import Spair, SpairNoise
 from . import distributed
 from .checkpoint import FORMAT, config_differences, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
+from .metrics_log import append_record, trim_after
 from .schedules import Exponential, Step
 
 
@@ -490,22 +490,12 @@ class Trainer:
         self.collapse_warned = kind
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.out / "metrics.jsonl", record)
 
     def _trim_metrics_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (they will be written again)."""
-        path = self.out / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        write_text_atomic(path, "".join(k + "\n" for k in keep))
+        if self.rank == 0:
+            trim_after(self.out / "metrics.jsonl", self.step)
 
     def _tb_images(self, writer: Any) -> None:
         from ..viz.model_figures import model_panel
