@@ -414,3 +414,26 @@ def test_good_inputs_of_the_corpus_work(capsys, tmp_path, good):
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
     code, _, err = run(capsys, "--quiet", "eval", "--data", good["data"], "--tau", "0.1")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("method", ["conncomp", "spair"])
+def test_images_smaller_than_a_cell_are_valid_input(capsys, tmp_path, good, method):
+    """1×1 and 5×7 images (smaller than one 12-px cell) are detected, not refused: SPAIR pads them."""
+    paths = []
+    for h, w in ((1, 1), (5, 7)):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[h // 2, w // 2] = 255
+        paths.append(tmp_path / f"small_{h}x{w}.png")
+        Image.fromarray(img).save(paths[-1])
+    # (a 1x1 image's most frequent colour is its only pixel, so ConnComp is told the background)
+    extra = ["--tau", "0.1", "--background", "0,0,0"] if method == "conncomp" else ["--checkpoint", good["model"]]
+    code, _, err = run(capsys, "--quiet", "detect", *paths, "--out", tmp_path / "det.json", "--method", method, *extra)
+    assert code == 0, err
+    results = json.loads((tmp_path / "det.json").read_text())
+    sizes = {1: (1, 1), 2: (5, 7)}
+    for r in results:  # every box lies inside its image
+        h, w = sizes[r["image_id"]]
+        x, y, bw, bh = r["bbox"]
+        assert 0 <= x and 0 <= y and x + bw <= w + 1e-6 and y + bh <= h + 1e-6, r
+    if method == "conncomp":  # the single bright pixel of each image is one component
+        assert sorted((r["image_id"], tuple(r["bbox"])) for r in results) == [(1, (0, 0, 1, 1)), (2, (3, 2, 1, 1))]
