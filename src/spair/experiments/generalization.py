@@ -14,7 +14,9 @@ without further training, to **full** 84×84 test images (test digits, seed 2) h
 ``n`` digits, for ``n = 1 .. max_digits`` (20), ``n_test`` images per ``n``. Every metric of
 :func:`spair.metrics.evaluate_detections` is recorded per ``n``: SPAIR-AP (the paper's AP), COCO
 AP[.1:.9], count absolute error and count 0-1 error among them. Boxes: ``settings.box_mode``
-(``ink`` by default, the definition of the ground truth), plus one other mode for the record.
+(``segment`` by default, as ``spair detect``: the extent of the image pixels each object explains),
+plus the paper's sprite ``window`` for the record. Checkpoints are selected on validation crops
+with ``settings.val_box_mode`` (``ink``, the extent of each object's own drawn ink).
 
 **ConnComp** (:func:`conncomp_for_n`). As in the authors' code (spec 7.3), τ is tuned **per n and
 per metric** on full validation images with exactly ``n`` digits (val digits, seed 1): the τ of
@@ -120,7 +122,10 @@ class GeneralizationSettings:
     spair_patience: int = param(0, lo=0, help="SPAIR: early stopping patience in steps (0 = off)")
     spair_overrides: tuple[str, ...] = param((), help="SPAIR: extra KEY=VALUE settings of its TrainConfig")
     stop_at_ap: float = param(0.99, lo=0.0, help="stop a training once its validation SPAIR-AP reaches this")
-    box_mode: Literal["ink", "window", "segment"] = param("ink", help="SPAIR's boxes in the main results")
+    box_mode: Literal["ink", "window", "segment"] = param(
+        "segment", help="SPAIR's boxes in the test results (the detector's default: the pixels each object explains)")
+    val_box_mode: Literal["ink", "window", "segment"] = param(
+        "ink", help="SPAIR's boxes in the validation AP that selects each run's checkpoint")
     sample: Literal["mean", "hard"] = param("mean", help="SPAIR's inference: means or samples")
     num_threads: int = param(0, lo=0, help="torch CPU threads (0 = torch's default: all cores)")
 
@@ -202,7 +207,7 @@ def spair_config(condition: str, settings: GeneralizationSettings, seed: int, ov
     return apply_overrides(cfg, [
         f"optim.max_steps={settings.spair_steps}", f"eval.every={settings.spair_eval_every}",
         f"eval.patience={settings.spair_patience}", f"eval.stop_at_ap={settings.stop_at_ap}",
-        f"eval.sample={settings.sample}", f"eval.box_mode={settings.box_mode}", f"seed={seed}",
+        f"eval.sample={settings.sample}", f"eval.box_mode={settings.val_box_mode}", f"seed={seed}",
         f"num_threads={settings.num_threads}", *settings.spair_overrides, *overrides])
 
 
