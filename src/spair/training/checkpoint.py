@@ -63,13 +63,10 @@ RUNTIME_SETTINGS = ("num_threads", "device", "max_minutes")
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Paths at which two plain-data configs differ (for 'resume refused on a changed config');
-    the top-level :data:`RUNTIME_SETTINGS` are not compared."""
-    if not prefix and isinstance(a, dict) and isinstance(b, dict):
-        a = {k: v for k, v in a.items() if k not in RUNTIME_SETTINGS}
-        b = {k: v for k, v in b.items() if k not in RUNTIME_SETTINGS}
+    :data:`RUNTIME_SETTINGS` are not compared, at any depth (a config may be nested in a record)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
-        for k in sorted(set(a) | set(b)):
+        for k in sorted((set(a) | set(b)) - set(RUNTIME_SETTINGS)):
             if k not in a or k not in b:
                 out.append(prefix + str(k))
             else:
