@@ -26,21 +26,7 @@ from spair.cli import main
 from spair.config import to_dict
 from spair.models.io import save_model
 from spair.models.spair import Spair, SpairConfig
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("spair: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in err
+from test_cli import assert_one_error, run  # the CLI test helpers
 
 
 def leftovers(folder: Path, before: set[str]) -> list[str]:

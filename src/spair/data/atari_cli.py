@@ -15,19 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
+from ..cli_args import int_at_least
 
 
 def _probability(text: str) -> float:
@@ -44,20 +32,20 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--game", default="space_invaders", metavar="NAME",
                    help="the game: an ALE ROM id (space_invaders, pong, ...); SpaceInvaders and "
                         "SpaceInvadersNoFrameskip-v4 also work")
-    p.add_argument("--episodes", type=_int_at_least(1), default=12, metavar="N",
+    p.add_argument("--episodes", type=int_at_least(1), default=12, metavar="N",
                    help="episodes to play; the last --test-episodes are test, the --val-episodes before "
                         "them validation, the rest training")
-    p.add_argument("--max-frames-per-episode", type=_int_at_least(1), default=100, metavar="K",
+    p.add_argument("--max-frames-per-episode", type=int_at_least(1), default=100, metavar="K",
                    help="frames kept per episode, drawn uniformly among all its frames")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the emulator and of the random policy (the same seed gives the same frames)")
-    p.add_argument("--frameskip", type=_int_at_least(1), default=1, metavar="F",
+    p.add_argument("--frameskip", type=int_at_least(1), default=1, metavar="F",
                    help="emulator frames per agent step, the action repeated (1 = every frame, like NoFrameskip-v4)")
     p.add_argument("--sticky-actions", type=_probability, default=0.0, metavar="P",
                    help="probability that the emulator repeats the previous action (0 = deterministic, like -v4)")
-    p.add_argument("--val-episodes", type=_int_at_least(1), default=1, metavar="N",
+    p.add_argument("--val-episodes", type=int_at_least(1), default=1, metavar="N",
                    help="episodes of the validation split")
-    p.add_argument("--test-episodes", type=_int_at_least(1), default=1, metavar="N",
+    p.add_argument("--test-episodes", type=int_at_least(1), default=1, metavar="N",
                    help="episodes of the test split (the last ones)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder to create, with one dataset folder per split: DIR/train, DIR/val, DIR/test")

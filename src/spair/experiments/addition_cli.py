@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
+from ..cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 COMMAND_WORDS = "experiment addition"
 DEFAULT_OUT = Path("results/addition")

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from .cli_args import int_at_least, sayer
+from ..cli_args import int_at_least, sayer
 
 COMMAND_WORDS = "benchmark"
 DEFAULT_OUT = Path("results/benchmark")

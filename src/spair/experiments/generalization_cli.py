@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli_args import add_cache_argument, check_out, command_line, int_list, sayer
+from ..cli_args import add_cache_argument, check_out, command_line, int_list, sayer
 
 GENERALIZATION_WORDS = "experiment generalization"
 ABLATION_WORDS = "experiment ablation"

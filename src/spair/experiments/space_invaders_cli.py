@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from .cli_args import command_line, int_at_least, sayer
+from ..cli_args import command_line, int_at_least, sayer
 
 SCALE_NAMES = ("quick", "paper", "tiny")
 

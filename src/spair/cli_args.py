@@ -52,7 +52,7 @@ def add_cache_argument(p: argparse.ArgumentParser) -> None:
 
 def check_out(out: Path) -> None:
     """Fail before any work when ``out`` cannot be a writable folder."""
-    from ..errors import SpairError
+    from .errors import SpairError
 
     probe = out
     while not probe.exists() and probe.parent != probe:
