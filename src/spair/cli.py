@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from . import __version__
+from .cli_args import add_cache_argument, command_line
 from .errors import ConfigError, DataError, SpairError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -260,11 +260,6 @@ def _progress(args: argparse.Namespace, iterable, desc: str = ""):
     disable = args.quiet or (n is not None and n < _PROGRESS_MIN)
     return tqdm(iterable, total=n, desc=desc, file=sys.stderr, disable=disable, leave=False,
                 dynamic_ncols=True)
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed (``spair`` + arguments), for recording in result files."""
-    return shlex.join([PROG, *args.argv])
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
@@ -511,7 +506,7 @@ def _data_generate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
 
     def write(folder: Path) -> None:
-        save_dataset(folder, scenes, spec, extra={"command": _command_line(args)})
+        save_dataset(folder, scenes, spec, extra={"command": command_line(args)})
         if args.export_png:
             export_coco(folder, scenes, progress=lambda it: _progress(args, it, desc="writing PNG"))
 
@@ -950,7 +945,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         write_json_atomic(args.json, {"source": source, "metrics": metrics, "definitions":
                                       {key: definition for _, key, definition in METRIC_ROWS},
-                                      "command": _command_line(args), "spair_version": __version__})
+                                      "command": command_line(args), "spair_version": __version__})
         _say(args, f"wrote {args.json}")
     return 0
 
@@ -1076,7 +1071,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise DataError(f"dataset {args.data} holds no images")
     t0 = time.perf_counter()
     result = tune_tau(scenes, grid, metric=args.metric)
-    write_tau_file(args.out, result, command=_command_line(args), dataset=_dataset_record(args.data),
+    write_tau_file(args.out, result, command=command_line(args), dataset=_dataset_record(args.data),
                    seconds=time.perf_counter() - t0)
     label = {"ap": "SPAIR-AP", "count_abs": "count abs error", "count_01": "count 0-1 error"}[args.metric]
     _say(args, f"tau = {result.tau:.4f} ({label} {result.score:.4f} on {len(scenes)} images); wrote {args.out}")
@@ -1106,8 +1101,7 @@ def _experiment_conncomp_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for results.json and conncomp_ap.png")
     p.add_argument("--num", type=_int_in(10, 1_000_000), default=1000,
                    help="validation and test scenes per number of digits")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
 
 
 @command("experiment conncomp", "ConnComp on 48x48 scenes with 1, 3, 5, 7, 9 digits (the paper's comparison)",
@@ -1120,7 +1114,7 @@ def _experiment_conncomp(args: argparse.Namespace) -> int:
     from .experiments.conncomp_baseline import run_experiment
 
     check_output_file(args.out / "results.json", "--out")
-    summary = run_experiment(args.out, n_scenes=args.num, cache_dir=args.cache, command=_command_line(args),
+    summary = run_experiment(args.out, n_scenes=args.num, cache_dir=args.cache, command=command_line(args),
                              log=lambda msg: _say(args, msg),
                              progress=lambda it, desc="": _progress(args, it, desc=desc))
     _say(args, summary)
@@ -1133,8 +1127,7 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="model file (.safetensors, or a training checkpoint) (default: the shipped model)")
     p.add_argument("--num", type=_int_in(10, 1_000_000), default=1000, help="test scenes per case")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="dataset cache folder (default: $SPAIR_CACHE, else $XDG_CACHE_HOME/spair, else ~/.cache/spair)")
+    add_cache_argument(p)
 
 
 @command("experiment pretrained", "a model, unchanged, on held-out 48x48 scenes (n = 1,3,5,7,9) and 84x84 scenes (n = 20)",
@@ -1148,7 +1141,7 @@ def _experiment_pretrained(args: argparse.Namespace) -> int:
 
     check_output_file(args.out / "results.json", "--out")
     results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cache_dir=args.cache,
-                                  command=_command_line(args), log=lambda msg: _say(args, msg))
+                                  command=command_line(args), log=lambda msg: _say(args, msg))
     _say(args, results_table(results))
     return 0
 
@@ -1174,7 +1167,7 @@ def _demo(args: argparse.Namespace) -> int:
     check_output_file(args.out / "metrics.json", "--out")
     run_demo(args.out, n_scenes=args.num, preset=args.preset, overrides=list(args.overrides),
              log=lambda msg: _say(args, msg), progress=lambda it, desc="": _progress(args, it, desc=desc),
-             command=_command_line(args), show_training_progress=not args.quiet)
+             command=command_line(args), show_training_progress=not args.quiet)
     return 0
 
 
@@ -1249,7 +1242,7 @@ def _train(args: argparse.Namespace) -> int:
 
         summary = train_seeds(cfg, parse_seeds(args.seeds), args.out, success_ap=args.success_ap,
                               progress=not args.quiet, tensorboard=not args.no_tensorboard,
-                              log=lambda msg: _say(args, msg), command=_command_line(args))
+                              log=lambda msg: _say(args, msg), command=command_line(args))
         _say(args, summary["report"])
         return 0
     from .training.trainer import Trainer
