@@ -64,7 +64,9 @@ def test_first_run_and_resumed_run(tmp_path, monkeypatch):
             stats = entry["stats"]["spair_AP"]
             assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(aps) / 2)
             assert stats["sd"] == pytest.approx(abs(aps[0] - aps[1]) / 2 ** 0.5)
-            assert all("test_window" in r and r["test"]["n_images"] == 8 for r in entry["runs"])
+            for r in entry["runs"]:  # main boxes: segments; the ink and window boxes beside them
+                assert r["test_box_mode"] == "segment" and "test_segment" not in r and r["test"]["n_images"] == 8
+                assert r["test_ink"]["n_images"] == r["test_window"]["n_images"] == 8
         steps = {m: row["methods"][m]["runs"][0]["steps"] for m in ("spair", "air", "dair")}
         assert steps == {"spair": 2, "air": 2, "dair": 3}
         for r in row["methods"]["air"]["runs"] + row["methods"]["dair"]["runs"]:
@@ -94,6 +96,18 @@ def test_first_run_and_resumed_run(tmp_path, monkeypatch):
     third, logs3 = run(out)
     assert any("n2/air/seed1: running" in line for line in logs3)
     assert third["per_n"][1]["methods"]["air"]["runs"][1]["test"] == results["per_n"][1]["methods"]["air"]["runs"][1]["test"]
+
+    # a run tested by an older driver (main boxes 'ink', no segment boxes) is tested again, not retrained
+    path = out / "n1" / "seed0" / "spair" / "result.json"
+    old = json.loads(path.read_text())
+    old_style = {k: v for k, v in old.items() if k not in ("test_box_mode", "test_ink")}
+    path.write_text(json.dumps({**old_style, "test": old["test_ink"]}))
+    fourth, logs4 = run(out)
+    assert sum("testing it with box mode 'segment'" in line for line in logs4) == 1
+    assert json.loads(path.read_text())["test_box_mode"] == "segment"
+    again_run, first_run = (r["per_n"][0]["methods"]["spair"]["runs"][0] for r in (fourth, results))
+    assert {k: again_run[k] for k in ("test", "test_ink", "test_window", "steps", "best_step")} == {
+        k: first_run[k] for k in ("test", "test_ink", "test_window", "steps", "best_step")}
 
 
 def test_changed_settings_are_refused_and_subsets_work(tmp_path):

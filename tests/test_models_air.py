@@ -299,3 +299,21 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     torch.save({"format": "spair-air-train-1", "model": {}, "model_config": {}, "x": Payload()}, path)
     with pytest.raises(CheckpointError, match="not plain data"):
         read_air_checkpoint(path)
+
+
+def test_segment_boxes_follow_the_input_pixels_each_object_explains():
+    from spair.models.air import segment_boxes_px
+
+    sprites = torch.zeros(1, 3, 3, 10, 10)
+    sprites[0, 0, :, 1:5, 1:5] = 0.8        # object 0: a bright blurry square
+    sprites[0, 1, :, 3:9, 3:9] = 0.5        # object 1 overlaps it, dimmer
+    sprites[0, 2, :, 0:10, 0:10] = 0.9      # object 2 is not drawn (off): it claims nothing
+    out = SimpleNamespace(sprite_images=sprites, on=torch.tensor([[True, True, False]]), image_hw=(10, 10))
+    x = torch.zeros(1, 3, 10, 10)
+    x[0, :, 2:4, 2:4] = 1.0                 # ink inside object 0 only
+    x[0, 1, 4, 4] = 0.6                     # in both: the brighter object 0 takes it
+    x[0, :, 5:8, 5:8] = 1.0                 # ink inside object 1 only
+    x[0, :, 9, 0] = 0.05                    # too faint to be ink
+    boxes, found = segment_boxes_px(out, x)
+    assert found.tolist() == [[True, True, False]]
+    assert boxes[0, 0].tolist() == [2, 2, 5, 5] and boxes[0, 1].tolist() == [5, 5, 8, 8]

@@ -69,9 +69,12 @@ from .networks import MLP
 
 Variant = Literal["air", "dair"]
 SampleMode = Literal["relaxed", "hard", "mean"]
-BoxMode = Literal["window", "ink"]
+BoxMode = Literal["window", "ink", "segment"]
+BOX_MODES = ("window", "ink", "segment")
 
 INK_THRESHOLD = 0.1
+CLAIM_THRESHOLD = 0.05
+"""A pixel can belong to an object's segment only where the object alone is brighter than this."""
 """A pixel belongs to an object's visible ink when the object alone changes it by more than this."""
 
 CHECKPOINT_FORMAT = "spair-air-train-1"
@@ -544,15 +547,44 @@ def ink_boxes_px(out: AirOutput, ink_threshold: float = INK_THRESHOLD) -> tuple[
     return mask_extents(visible, zero, zero, out.image_hw)
 
 
+def segment_boxes_px(out: AirOutput, x: torch.Tensor, ink_threshold: float = INK_THRESHOLD,
+                     claim_threshold: float = CLAIM_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extent of the image pixels each drawn object explains (its segment), (B, T, 4) and (B, T).
+
+    The same rule as SPAIR's ``segment`` boxes (``spair.models.spair_detector.segment_boxes_px``),
+    for AIR's black background: pixel p belongs to object i when the input ``x`` (B, 3, H, W) is
+    brighter than ``ink_threshold`` there (max over channels), object i alone is brighter than
+    ``claim_threshold``, and no other drawn object is brighter at p. The extent comes from the
+    input's own pixels, so it is as sharp as the image where the decoded sprite is blurry.
+    Needs ``forward(..., keep_sprites=True)``.
+    """
+    if out.sprite_images is None:
+        raise ValueError("segment boxes need the objects' images: run the model with keep_sprites=True")
+    s = out.sprite_images.amax(2) * out.on[..., None, None].to(out.sprite_images.dtype)   # (B, T, H, W)
+    best = s.amax(1, keepdim=True)
+    ink = x.amax(1, keepdim=True) > ink_threshold                                          # (B, 1, H, W)
+    mask = ink & (s > claim_threshold) & (s >= best)
+    zero = torch.zeros(mask.shape[:2], dtype=torch.long, device=mask.device)
+    return mask_extents(mask, zero, zero, out.image_hw)
+
+
 def detections_from_output(out: AirOutput, box_mode: BoxMode = "window",
-                           ink_threshold: float = INK_THRESHOLD) -> list[Detections]:
-    """One detection per step that draws an object; score 1 (fixed steps) or its presence probability."""
+                           ink_threshold: float = INK_THRESHOLD, x: torch.Tensor | None = None) -> list[Detections]:
+    """One detection per step that draws an object; score 1 (fixed steps) or its presence probability.
+
+    ``box_mode``: "window" (the step's box), "ink" (the extent of the object's visible ink, else its
+    window) or "segment" (the extent of its segment of the input ``x``, else its ink, else its window)."""
+    if box_mode not in BOX_MODES:
+        raise ConfigError(f"unknown box mode '{box_mode}' (use 'segment', 'ink' or 'window')")
     boxes = window_boxes_px(out)
-    if box_mode == "ink":
+    if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(out, ink_threshold)
         boxes = torch.where(found[..., None], ink.to(boxes.dtype), boxes)
-    elif box_mode != "window":
-        raise ConfigError(f"unknown box mode '{box_mode}' (use 'ink' or 'window')")
+    if box_mode == "segment":
+        if x is None:
+            raise ValueError("segment boxes need the input images x")
+        seg, found = segment_boxes_px(out, x, ink_threshold)
+        boxes = torch.where(found[..., None], seg.to(boxes.dtype), boxes)
     b, s, keep = boxes.cpu().numpy(), out.pres_prob.cpu().numpy(), out.on.cpu().numpy()
     return [Detections(b[i][keep[i]], s[i][keep[i]]) for i in range(len(b))]
 
@@ -567,7 +599,8 @@ class AirDetector:
     to :meth:`detect` (an int or one count per image). A halting model stops by itself
     (``n_steps`` then caps the steps, default ``max_steps``) and scores boxes by their presence
     probability. The model has no background: ``backgrounds`` are ignored (the comparison scenes
-    are black). ``box_mode``: "window" (the step's box) or "ink" (the extent of its visible ink).
+    are black). ``box_mode``: "window" (the step's box), "ink" (the extent of its visible ink) or
+    "segment" (the extent of the input pixels it explains; :func:`segment_boxes_px`).
     """
 
     name = "air"
@@ -581,8 +614,8 @@ class AirDetector:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if n_steps is not None and n_steps < 0:
             raise ConfigError(f"n_steps must not be negative, got {n_steps}")
-        if box_mode not in ("window", "ink"):
-            raise ConfigError(f"unknown box mode '{box_mode}' (use 'ink' or 'window')")
+        if box_mode not in BOX_MODES:
+            raise ConfigError(f"unknown box mode '{box_mode}' (use 'segment', 'ink' or 'window')")
         if sample not in ("mean", "hard"):
             raise ConfigError(f"sample must be 'mean' or 'hard', got '{sample}'")
         self.model = model if model is not None else load_air_model(checkpoint, device)  # type: ignore[arg-type]
@@ -612,7 +645,7 @@ class AirDetector:
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
             steps = None if counts is None else torch.from_numpy(np.ascontiguousarray(counts[start:start + len(chunk)]))
             out = self.model(x, steps, sample=self.sample, generator=self.generator,
-                             keep_sprites=self.box_mode == "ink")
-            dets += detections_from_output(out, self.box_mode, self.ink_threshold)
+                             keep_sprites=self.box_mode != "window")
+            dets += detections_from_output(out, self.box_mode, self.ink_threshold, x=x)
         self.model.train(was_training)
         return dets

@@ -72,7 +72,8 @@ class AirEvalConfig:
     patience: int = param(50000, lo=0, help="stop when validation AP has not improved for this many steps (0 = off)")
     stop_at_ap: float = param(0.99, lo=0.0, help="stop once validation AP reaches this value (> 1 = never)")
     sample: Literal["mean", "hard"] = param("mean", help="inference: 'mean' (deterministic) or 'hard' (samples)")
-    box_mode: Literal["ink", "window"] = param("ink", help="box of an object: extent of its visible ink, or its window")
+    box_mode: Literal["ink", "window", "segment"] = param(
+        "ink", help="box of an object: extent of its visible ink, its window, or its segment of the input")
     batch_size: int = param(100, lo=1, help="evaluation batch size (SPAIR-AP still pools per 32 images)")
 
 
