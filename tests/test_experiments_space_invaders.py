@@ -131,6 +131,9 @@ def test_scales_and_settings():
     assert spair.init_from == "results/si/background/last.pt" and spair.optim.train_only == ()
     assert spair.schedule.count_prior_final_odds == 0.1 and spair.optim.max_steps == 6000
     assert spair.model == background.model and spair.model.background == "solid"
+    # quick: a 16-px anchor (below the invaders' 18-px pitch) with the size prior at half of it
+    assert spair.model.anchor == (16.0, 16.0) and spair.model.hw_prior_mean == 0.0
+    assert SI.model_config(paper).anchor == (48.0, 48.0)
     with pytest.raises(ConfigError, match="scale"):
         SI.get_scale("huge")
 

@@ -152,9 +152,10 @@ the MNIST CPU recipe (``spair.training.presets.CPU_RECIPE``) adapts the paper's 
 1e-3 dropped ×0.1 for the last quarter, gradient noise, training wheels and the count-prior decay D
 shortened (D = 500: the odds fall from 10^6 to 2F by step 3,500), and a background stage of 200 steps
 at lr 1e-2 instead of 10k at 1e-4 (the colour σ(10θ) converges to black either way); F, the kernel
-size, the size prior (mean logit 0.1, std 0.5) and the crops are the paper's. The size prior matters
-here: with the MNIST recipe's looser std 2.0, one object explained two neighbouring invaders (boxes
-twice too wide, half the count; docs/space_invaders.md)."""
+size, the size prior's std 0.5 and the crops are the paper's. The anchor is not
+(:data:`QUICK_MODEL_OVERRIDES`): with the spec's 48-px anchor one object explained two neighbouring
+invaders (half the count, AP@.5 0.00), with a 16-px anchor each invader is one object (AP@.5 0.99;
+docs/space_invaders.md)."""
 
 
 def get_scale(scale: str | Scale) -> Scale:
