@@ -66,6 +66,7 @@ from ..ops.distributions import LOGIT_CLIP, bernoulli_kl, clipped_sigmoid, gauss
 from ..ops.render import extract_glimpses, mask_extents, sprite_grid
 from .detector import Detections, register_detector
 from .networks import MLP
+from .spair_detector import CLAIM_THRESHOLD  # segment boxes use SPAIR's rule and threshold
 
 Variant = Literal["air", "dair"]
 SampleMode = Literal["relaxed", "hard", "mean"]
@@ -73,8 +74,6 @@ BoxMode = Literal["window", "ink", "segment"]
 BOX_MODES = ("window", "ink", "segment")
 
 INK_THRESHOLD = 0.1
-CLAIM_THRESHOLD = 0.05
-"""A pixel can belong to an object's segment only where the object alone is brighter than this."""
 """A pixel belongs to an object's visible ink when the object alone changes it by more than this."""
 
 CHECKPOINT_FORMAT = "spair-air-train-1"
