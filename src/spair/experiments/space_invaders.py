@@ -257,8 +257,7 @@ def _train_stage(name: str, cfg, folder: Path, train, val, log: Log, progress: b
     summary_path = folder / "summary.json"
     if summary_path.exists() and (folder / "last.pt").exists():
         old = read_json(folder / "config.json", "run config")
-        # threads and device do not change what a finished stage holds
-        diff = [d for d in config_differences(old, to_dict(cfg)) if d not in ("num_threads", "device")]
+        diff = config_differences(old, to_dict(cfg))  # ignores threads and device (RUNTIME_SETTINGS)
         if diff:
             raise ConfigError(f"{folder} holds a finished '{name}' stage with other settings "
                               f"({', '.join(diff[:5])}); use another --out folder")
