@@ -3,8 +3,10 @@ FLOPs are counted from the layer shapes; the allocator study and the command-lin
 
 import argparse
 import json
+from dataclasses import asdict
 
 import pytest
+import torch
 
 from spair.errors import ConfigError
 from spair.experiments import benchmark as bm
@@ -91,6 +93,32 @@ def test_config_checks():
         bm.BenchmarkConfig(clock="sundial")
     with pytest.raises(ConfigError, match="sizes"):
         bm.BenchmarkConfig(sizes=((0, 48),))
+    with pytest.raises(ConfigError, match="weights"):
+        bm.BenchmarkConfig(weights="borrowed")
+
+
+def test_pretrained_weights_and_amp_case():
+    """From the shipped model's weights (every tensor copied; the no-lateral model shares all but the
+    lateral heads' first layers) and under bf16 autocast, a case still measures a finite step."""
+    from spair.models.io import load_model
+    from spair.models.spair import Spair, SpairConfig
+
+    shipped = load_model()
+    same = Spair(shipped.cfg)
+    n, total = bm.copy_matching_weights(shipped, same)
+    assert n == total == len(shipped.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), same.state_dict().values()))
+    no_lateral = Spair(SpairConfig(n_lookback=0))
+    n0, total0 = bm.copy_matching_weights(shipped, no_lateral)
+    assert 0 < n0 < total0
+    cfg = bm.quick_config(threads=1, batch_size=2, weights="pretrained", amp=True)
+    case = bm.run_case((48, 48), "wavefront", cfg)
+    assert case["amp"] and case["weights"] == "pretrained"
+    assert case["pretrained_tensors_loaded"] == [total, total]
+    assert 0 < case["train_step_s"]["wall"] < float("inf")
+    assert "bf16 autocast; the shipped model's weights" in bm.markdown_table(
+        {"config": asdict(cfg), "machine": bm.machine_info(),
+         "matmul_flops": 1e9, "cases": [case]})
 
 
 def test_command_line_verb():
@@ -108,6 +136,8 @@ def test_command_line_verb():
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args(["--quick", "--sizes", "48,210x160", "--modes", "raster", "--clock", "cpu"])
+    assert args.weights == "init" and not args.amp
+    assert p.parse_args(["--weights", "pretrained", "--amp"]).amp
     assert args.quick and args.sizes == [(48, 48), (210, 160)] and args.modes == ["raster"] and args.clock == "cpu"
     assert parse_sizes("64, 32x16") == [(64, 64), (32, 16)]
     for bad in ("", "4", "48x", "big"):

@@ -2,7 +2,9 @@
 
 For every image size and lateral-connection mode ("wavefront", "raster": the same model one cell at
 a time, "no-lateral": lookback L = 0) a fresh worker process builds the default model, feeds it a
-batch of generated scenes and measures
+batch of generated scenes and measures (``weights="pretrained"`` starts from the shipped model's
+weights instead of a fresh initialization, i.e. boxes of digit size as during most of a training run,
+where the renderer's windows are small; ``amp=True`` runs the forward passes under bf16 autocast)
 
 - the training step (forward, backward, gradient clipping, Adam) and the inference pass (what
   detection runs: the encoder and the background, no rendering, ``sample="mean"``) in images/s;
@@ -69,6 +71,9 @@ PRELOAD_LIBRARIES = {
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 
 
+WEIGHTS = ("init", "pretrained")
+
+
 @dataclass
 class BenchmarkConfig:
     """What ``spair benchmark`` measures."""
@@ -86,11 +91,15 @@ class BenchmarkConfig:
     timeout: float = 1800.0          # seconds per worker
     matmul_seconds: float = 1.0      # how long the matmul FLOP rate is measured
     model_overrides: tuple[str, ...] = ()
+    amp: bool = False                # bf16 autocast for the forward passes (as ``spair train amp=true``)
+    weights: str = "init"            # "init": a fresh model; "pretrained": the shipped model's weights
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ConfigError(f"benchmark modes: expected some of {', '.join(MODES)}, got {', '.join(self.modes) or 'none'}")
+        if self.weights not in WEIGHTS:
+            raise ConfigError(f"benchmark weights: expected one of {', '.join(WEIGHTS)}, got '{self.weights}'")
         if self.clock not in ("wall", "cpu"):
             raise ConfigError(f"benchmark clock: expected 'wall' or 'cpu', got '{self.clock}'")
         if self.batch_size < 1 or self.steps < 1 or self.warmup < 0 or self.split_steps < 0 or self.inference_batches < 1:
@@ -279,16 +288,20 @@ def run_case(size: tuple[int, int], mode: str, cfg: BenchmarkConfig) -> dict[str
 
     from ..config import apply_overrides
     from ..data.scenes import SceneConfig, generate_scenes
+    from ..models.io import load_model
     from ..models.spair import Spair, SpairConfig
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rss_start = _rss_mb()
     overrides = list(cfg.model_overrides) + (["n_lookback=0"] if mode == "no-lateral" else [])
-    model_cfg = apply_overrides(SpairConfig(), overrides)
+    pretrained = load_model() if cfg.weights == "pretrained" else None
+    model_cfg = apply_overrides(pretrained.cfg if pretrained is not None else SpairConfig(), overrides)
     schedule = "raster" if mode == "raster" else "wavefront"
     torch.manual_seed(cfg.seed)
     model = Spair(model_cfg)
+    loaded = copy_matching_weights(pretrained, model) if pretrained is not None else None
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.amp else contextlib.nullcontext
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     H, W = size
     scenes = generate_scenes(SceneConfig(image_size=(H, W), n_objects=(1, 9)), cfg.batch_size, seed=cfg.seed)
@@ -298,8 +311,9 @@ def run_case(size: tuple[int, int], mode: str, cfg: BenchmarkConfig) -> dict[str
 
     def train_step(step: int) -> None:
         gen.manual_seed(cfg.seed * 1000 + step)
-        out = model(x, log_odds, sample="relaxed", schedule=schedule, generator=gen)
-        loss = out.losses.total.mean()
+        with autocast():
+            out = model(x, log_odds, sample="relaxed", schedule=schedule, generator=gen)
+            loss = out.losses.total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -319,7 +333,7 @@ def run_case(size: tuple[int, int], mode: str, cfg: BenchmarkConfig) -> dict[str
     for i in range(cfg.split_steps):
         gen.manual_seed(cfg.seed * 1000 + 999 + i)
         with clock.span("step"):
-            with clock.span("forward"), instrumented(model, clock):
+            with clock.span("forward"), instrumented(model, clock), autocast():
                 out = model(x, log_odds, sample="relaxed", schedule=schedule, generator=gen)
                 loss = out.losses.total.mean()
             with clock.span("backward"):
@@ -341,7 +355,7 @@ def run_case(size: tuple[int, int], mode: str, cfg: BenchmarkConfig) -> dict[str
 
     model.eval()
     inf_wall, inf_cpu = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
         model(x, sample="mean", schedule=schedule, render_image=False)
         for _ in range(cfg.inference_batches):
             t, c = time.perf_counter(), time.process_time()
@@ -358,8 +372,24 @@ def run_case(size: tuple[int, int], mode: str, cfg: BenchmarkConfig) -> dict[str
         "split_s": split,
         "flops_per_image": {"forward": fwd, "training": training_flops(fwd)},
         "peak_rss_mb": _rss_mb(), "rss_before_mb": rss_start,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "amp": cfg.amp, "weights": cfg.weights,
+        "pretrained_tensors_loaded": loaded,
     }
+
+
+def copy_matching_weights(source: Any, target: Any) -> list[int]:
+    """Copy every parameter and buffer of ``source`` into ``target`` whose name and shape match (all of
+    them for the same architecture; the lateral heads' first layers differ when ``target`` has another
+    lookback). Returns [tensors copied, tensors in ``target``]."""
+    import torch
+
+    src = source.state_dict()
+    dst = target.state_dict()
+    same = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
+    with torch.no_grad():
+        for k, v in same.items():
+            dst[k].copy_(v)
+    return [len(same), len(dst)]
 
 
 def model_sequential_steps(gh: int, gw: int, lookback: int, schedule: str) -> tuple[Any, ...]:
@@ -509,8 +539,11 @@ def markdown_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     clock = cfg["clock"]
     m = results["machine"]
+    weights = "the shipped model's weights" if cfg.get("weights") == "pretrained" else "freshly initialized weights"
     lines = [f"SPAIR benchmark: batch {cfg['batch_size']}, {cfg['threads'] or m['cores']} threads, "
              f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {clock} clock; "
+             f"{'bf16 autocast' if cfg.get('amp') else 'fp32'}; "
+             f"{weights}; "
              f"fp32 matmul {results['matmul_flops'] / 1e9:.1f} GFLOP/s.", "",
              "| image | mode | steps/pass | train img/s | infer img/s | step ms | GFLOP/img (train) | GFLOP/s | % of matmul | peak RSS MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

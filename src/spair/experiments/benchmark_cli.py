@@ -56,6 +56,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=None, metavar="K", help="timed training steps per case (default: 3)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time to report: wall clock, or process CPU time (steadier on a busy machine with --threads 1)")
+    p.add_argument("--weights", choices=("init", "pretrained"), default="init",
+                   help="start from a fresh model, or from the shipped model's weights (boxes of digit size, "
+                        "as for most of a training run)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the forward passes, as 'spair train amp=true'")
     p.add_argument("--allocators", action="store_true",
                    help="instead: compare malloc settings (glibc tunables, tcmalloc, jemalloc) on the 48x48 "
                         "training step at batch 32 and 64")
@@ -71,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     say = sayer(args)
 
     cfg = quick_config() if args.quick else BenchmarkConfig()
-    changes = {"threads": args.threads, "clock": args.clock}
+    changes = {"threads": args.threads, "clock": args.clock, "weights": args.weights, "amp": args.amp}
     for key, value in (("sizes", args.sizes), ("modes", args.modes), ("batch_size", args.batch_size),
                        ("steps", args.steps)):
         if value is not None:
@@ -105,4 +110,5 @@ def add_verbs(command: Callable) -> None:
                       "spair benchmark --quick",
                       "spair benchmark --sizes 48,256 --modes wavefront,raster --batch-size 16",
                       "spair benchmark --threads 1 --clock cpu",
+                      "spair benchmark --sizes 48 --modes wavefront --weights pretrained --amp",
                       "spair benchmark --allocators"))(_run)
