@@ -381,14 +381,9 @@ def copy_matching_weights(source: Any, target: Any) -> list[int]:
     """Copy every parameter and buffer of ``source`` into ``target`` whose name and shape match (all of
     them for the same architecture; the lateral heads' first layers differ when ``target`` has another
     lookback). Returns [tensors copied, tensors in ``target``]."""
-    import torch
-
-    src = source.state_dict()
     dst = target.state_dict()
-    same = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
-    with torch.no_grad():
-        for k, v in same.items():
-            dst[k].copy_(v)
+    same = {k: v for k, v in source.state_dict().items() if k in dst and dst[k].shape == v.shape}
+    target.load_state_dict(same, strict=False)
     return [len(same), len(dst)]
 
 

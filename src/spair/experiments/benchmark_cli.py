@@ -1,8 +1,8 @@
 """``spair benchmark``: the command-line verb of :mod:`spair.experiments.benchmark`.
 
 :func:`add_verbs` registers the verb with the ``command`` decorator of :mod:`spair.cli`, which
-calls it while building its registry. Only argparse-level modules are imported here; the benchmark
-(and torch with it) is imported by the handler.
+calls it while building its registry. The benchmark module imports torch only inside its functions,
+so its names (modes, weights) are shared from there without loading torch for ``--help``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..cli_args import int_at_least, sayer
+from .benchmark import MODES, WEIGHTS
 
 COMMAND_WORDS = "benchmark"
 DEFAULT_OUT = Path("results/benchmark")
-MODE_NAMES = ("wavefront", "raster", "no-lateral")
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -39,8 +39,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def parse_modes(text: str) -> list[str]:
     """argparse type: comma-separated modes out of wavefront, raster, no-lateral."""
     names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names or any(v not in MODE_NAMES for v in names):
-        raise argparse.ArgumentTypeError(f"expected some of {','.join(MODE_NAMES)}, got '{text}'")
+    if not names or any(v not in MODES for v in names):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(MODES)}, got '{text}'")
     return names
 
 
@@ -56,7 +56,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=None, metavar="K", help="timed training steps per case (default: 3)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time to report: wall clock, or process CPU time (steadier on a busy machine with --threads 1)")
-    p.add_argument("--weights", choices=("init", "pretrained"), default="init",
+    p.add_argument("--weights", choices=WEIGHTS, default="init",
                    help="start from a fresh model, or from the shipped model's weights (boxes of digit size, "
                         "as for most of a training run)")
     p.add_argument("--amp", action="store_true",
