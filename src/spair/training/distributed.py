@@ -117,7 +117,10 @@ def process_group(device: torch.device, environ: Mapping[str, str] | None = None
     """Inside the block, this process is in the job torchrun started (None: a single process).
 
     A group that is already initialized is used as it is and left alone on exit; a group this
-    function created is destroyed on exit, also when the block raises."""
+    function created is destroyed on exit, also when the block raises. On a normal exit the ranks
+    first meet at a barrier, so that none tears its connections down while another (rank 0
+    finishing its evaluation and checkpoints) still holds them: gloo can abort a process whose
+    peers vanish under it ("terminate called without an active exception")."""
     existing = current()
     if existing is not None:
         yield existing
@@ -129,6 +132,7 @@ def process_group(device: torch.device, environ: Mapping[str, str] | None = None
     init(device, env, timeout_s)
     try:
         yield env
+        barrier()
     finally:
         shutdown()
 
