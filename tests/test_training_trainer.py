@@ -47,6 +47,26 @@ def test_smoke_training_learns(tmp_path):
     assert summary["test"]["coco_AP@.5"] > 0.8, summary["test"]
 
 
+def test_presets_keep_the_paper_grid_where_the_experiments_start():
+    """'cpu' is the CPU recipe on the paper's 12-px cells (the experiments' starting point); 'demo' is
+    the same recipe with 8-px cells and nothing else changed; 'pretrained' trains the demo model on crops."""
+    from spair.config import to_dict
+    from spair.experiments.addition import AdditionSettings
+    from spair.experiments.comparison import ComparisonSettings
+    from spair.experiments.generalization import GeneralizationSettings
+    from spair.experiments.set_game import SetSettings
+
+    cpu, demo, pre = get_preset("cpu"), get_preset("demo"), get_preset("pretrained")
+    assert cpu.model.cell_size == get_preset("paper").model.cell_size == 12
+    assert (demo.model.cell_size, pre.model.cell_size) == (8, 8)
+    a, b = to_dict(cpu), to_dict(demo)
+    a["model"].pop("cell_size"), b["model"].pop("cell_size")
+    assert a == b
+    assert pre.data.crop is not None and pre.data.scene.image_size == (84, 84)
+    for settings in (AdditionSettings(), ComparisonSettings(), GeneralizationSettings(), SetSettings()):
+        assert settings.spair_preset == "cpu", type(settings).__name__
+
+
 def test_run_folder_contents(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny(), out, progress=False, tensorboard=True, log=lambda s: None).fit()

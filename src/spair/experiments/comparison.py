@@ -97,7 +97,7 @@ class ComparisonSettings:
     n_train: int = param(10000, lo=1, help="training scenes per n (train digits, seed 0)")
     n_val: int = param(200, lo=1, help="validation scenes per n (val digits, seed 1): model selection and τ")
     n_test: int = param(1000, lo=1, help="test scenes per n (test digits, seed 2)")
-    spair_preset: str = param("demo", help="training preset SPAIR's config starts from")
+    spair_preset: str = param("cpu", help="training preset SPAIR's config starts from")
     spair_steps: int = param(3000, lo=1, help="SPAIR: most training steps")
     spair_eval_every: int = param(250, lo=1, help="SPAIR: validation every this many steps")
     spair_patience: int = param(0, lo=0, help="SPAIR: early stopping patience in steps (0 = off)")

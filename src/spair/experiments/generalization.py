@@ -116,7 +116,7 @@ class GeneralizationSettings:
     n_cc_val: int = param(200, lo=1, help="full validation images per number of digits (val digits, seed 1): "
                                           "ConnComp's tau")
     max_digits: int = param(20, lo=1, hi=200, help="test images hold exactly n = 1..max_digits digits")
-    spair_preset: str = param("demo", help="training preset SPAIR's config starts from")
+    spair_preset: str = param("cpu", help="training preset SPAIR's config starts from")
     spair_steps: int = param(4000, lo=1, help="SPAIR: most training steps")
     spair_eval_every: int = param(250, lo=1, help="SPAIR: validation every this many steps")
     spair_patience: int = param(0, lo=0, help="SPAIR: early stopping patience in steps (0 = off)")

@@ -72,7 +72,7 @@ class SetSettings:
     n_val: int = param(1000, lo=1, help="validation images (seed 1): stage-2 early stopping")
     n_test: int = param(1000, lo=1, help="test images (seed 2)")
     stage1_n_val: int = param(200, lo=1, help="stage 1: the first this many validation images select the checkpoint")
-    spair_preset: str = param("demo", help="stage 1: training preset SPAIR's config starts from")
+    spair_preset: str = param("cpu", help="stage 1: training preset SPAIR's config starts from")
     spair_steps: int = param(3000, lo=1, help="stage 1: SPAIR's most training steps")
     spair_eval_every: int = param(250, lo=1, help="stage 1: SPAIR validation every this many steps")
     spair_patience: int = param(0, lo=0, help="stage 1: SPAIR early stopping patience in steps (0 = off)")
