@@ -9,7 +9,7 @@ details and the budgets):
    The training set of size ``k`` is the first ``k`` scenes of the largest one (the generator
    gives the same first ``k`` scenes for any requested number).
 2. **Stage 1** (unsupervised, labels ignored) on the same ``k`` training images: SPAIR
-   (:func:`spair_stage1_config`: the ``demo`` preset with the data replaced) and AIR with 5 steps
+   (:func:`spair_stage1_config`: the ``cpu`` preset with the data replaced) and AIR with 5 steps
    (:func:`air_stage1_config`: z_pres = 1, the authors' addition priors). Model selection by
    validation detection AP; the best checkpoint's test detection metrics are recorded.
 3. **Stage 2**: every method of :data:`METHODS` trains a classifier (the LSTM-128 "recurrent"
@@ -63,7 +63,7 @@ TRAIN_SEED, VAL_SEED, TEST_SEED = 0, 1, 2
 
 #: CPU seconds per training step on one core (``torch.set_num_threads(1)``, forward + backward +
 #: Adam, ``time.thread_time``) on the 2-core development machine while other jobs shared it
-#: (docs/downstream.md). Stage 1: SPAIR batch 32 (the demo preset), AIR batch 64 with 5 steps.
+#: (docs/downstream.md). Stage 1: SPAIR batch 32 (the ``cpu`` preset), AIR batch 64 with 5 steps.
 #: Stage 2: batch 32, LSTM-128 classifier, 46 classes.
 STEP_CPU_SECONDS: dict[str, float] = {
     "stage1_spair": 0.29, "stage1_air": 0.113,
@@ -155,7 +155,7 @@ def spair_stage1_config(size: int, settings: AdditionSettings, seed: int):
     """SPAIR's stage-1 :class:`~spair.training.config.TrainConfig` for ``size`` training images:
     the one place to tune it.
 
-    The preset ``settings.spair_preset`` (``demo``: the CPU recipe) with the data replaced by the
+    The preset ``settings.spair_preset`` (``cpu``: the CPU recipe on the paper's 12-px cells) with the data replaced by the
     addition scenes (48×48, exactly 5 digits, no crops, the first ``size`` training scenes), the
     step budget and validation schedule of ``settings``, no test scenes (the driver evaluates the
     best checkpoint itself), then ``settings.spair_overrides``.

@@ -12,7 +12,7 @@ For every n (docs/comparison.md has the details and the budgets):
 3. **SPAIR, AIR, DAIR**, once per seed: trained on the training scenes with model selection by
    validation SPAIR-AP; the best checkpoint is evaluated on the test scenes. AIR and DAIR run the
    true number of digits as their number of steps, at training and at test time (as in the paper).
-   SPAIR's settings come from :func:`spair_config` (the ``demo`` preset with the data replaced),
+   SPAIR's settings come from :func:`spair_config` (the ``cpu`` preset with the data replaced),
    AIR's and DAIR's from :func:`air_config` (the authors' priors for n).
 
 Every metric of :func:`spair.metrics.evaluate_detections` is recorded. The learned models' boxes
@@ -75,7 +75,7 @@ METRIC_DEFINITIONS = {
 
 #: CPU seconds per training step on one core (torch.set_num_threads(1), forward + backward + Adam,
 #: ``time.thread_time``), measured on the 2-core development machine; the quick budget is set from
-#: these (docs/comparison.md). SPAIR: batch 32 (the demo preset), 48×48, 16 cells, any n. AIR/DAIR:
+#: these (docs/comparison.md). SPAIR: batch 32 (the ``cpu`` preset), 48×48, 16 cells, any n. AIR/DAIR:
 #: batch 64, 48×48, per number of steps n.
 STEP_CPU_SECONDS: dict[str, dict[int, float]] = {
     "spair": {1: 0.29, 3: 0.29, 5: 0.29, 7: 0.29, 9: 0.29},
@@ -140,7 +140,7 @@ def comparison_spec(n: int, split: str, n_scenes: int):
 def spair_config(n: int, settings: ComparisonSettings, seed: int):
     """SPAIR's :class:`~spair.training.config.TrainConfig` for ``n`` digits: the one place to tune it.
 
-    The preset ``settings.spair_preset`` (``demo``: the CPU recipe) with the data replaced by the
+    The preset ``settings.spair_preset`` (``cpu``: the CPU recipe on the paper's 12-px cells) with the data replaced by the
     comparison scenes (48×48, exactly n digits, no crops), the step budget, validation schedule and
     inference settings of ``settings``, no test scenes (the driver evaluates the best checkpoint
     itself), then ``settings.spair_overrides``.

@@ -7,7 +7,7 @@ on black, summed overlap ≤ 98 px² (spec 8.3). SPAIR never sees a base image: 
 ``crops_per_image`` (4) random 48×48 crops of each training base image (train digits, seed 0) and
 its checkpoints are selected by validation SPAIR-AP on crops of validation base images (val
 digits, seed 1); crops keep the visible part of cut digits as ground truth. SPAIR's settings come
-from :func:`spair_config` (the ``demo`` preset with the data replaced): the one place to tune them.
+from :func:`spair_config` (the ``cpu`` preset with the data replaced): the one place to tune them.
 
 **Test protocol** (:func:`evaluate_full_images`). The best checkpoint of every run is applied,
 without further training, to **full** 84×84 test images (test digits, seed 2) holding exactly
@@ -77,7 +77,7 @@ METRIC_DEFINITIONS = {
 }
 
 #: CPU seconds per SPAIR training step on one core (``torch.set_num_threads(1)``, forward +
-#: backward + Adam, ``time.thread_time``), demo preset, batch 32 of 48×48 crops of 84×84 scenes with
+#: backward + Adam, ``time.thread_time``), the ``cpu`` preset, batch 32 of 48×48 crops of 84×84 scenes with
 #: 11–15 digits, by lookback L (kernel size 1; kernel size 2 measured the same within noise). Measured
 #: on the 2-core development machine while two other trainings shared it (docs/generalization.md).
 STEP_CPU_SECONDS: dict[int, float] = {0: 0.34, 1: 0.38, 2: 0.39}
@@ -188,7 +188,7 @@ def full_image_spec(n: int, split: str, settings: GeneralizationSettings):
 def spair_config(condition: str, settings: GeneralizationSettings, seed: int, overrides: Sequence[str] = ()):
     """SPAIR's :class:`~spair.training.config.TrainConfig` for a training condition: the place to tune it.
 
-    The preset ``settings.spair_preset`` (``demo``: the CPU recipe) with the data replaced by the
+    The preset ``settings.spair_preset`` (``cpu``: the CPU recipe on the paper's 12-px cells) with the data replaced by the
     condition's crops (``crops_per_image`` random ``crop_size`` crops of ``image_size`` base images
     with ``condition`` digits; ``n_train`` / ``n_val`` base images, seeds 0 / 1), the step budget,
     validation schedule and inference settings of ``settings``, no test scenes (the driver tests

@@ -6,7 +6,7 @@ For every seed (docs/downstream.md has the details and the budgets):
    on a cyan, magenta or yellow background, balanced labels; training images seed 0, validation
    seed 1, test seed 2, through the dataset cache.
 2. **Stage 1**: SPAIR trained without labels on the training images (:func:`spair_stage1_config`:
-   the ``demo`` preset with the authors' SET settings: colour and alpha logit scales 1, alpha
+   the ``cpu`` preset with the authors' SET settings: colour and alpha logit scales 1, alpha
    logit bias 1, no training wheels, a learned per-image background). Model selection by
    validation detection AP against the cards' boxes.
 3. **Stage 2**: for every method (SPAIR Fixed / Unfixed, ConvNet, TrueBB) and classifier (the
@@ -117,7 +117,7 @@ SET_STAGE1_OVERRIDES: tuple[str, ...] = (
 def spair_stage1_config(settings: SetSettings, seed: int):
     """SPAIR's stage-1 :class:`~spair.training.config.TrainConfig` for SET: the one place to tune it.
 
-    The preset ``settings.spair_preset`` (``demo``: the CPU recipe) with :data:`SET_STAGE1_OVERRIDES`,
+    The preset ``settings.spair_preset`` (``cpu``: the CPU recipe on the paper's 12-px cells) with :data:`SET_STAGE1_OVERRIDES`,
     the step budget and validation schedule of ``settings``, no test scenes, then
     ``settings.spair_overrides``. The trainer is given the SET images directly; the config's
     ``data`` section only records their number and image size (its digit-scene fields are unused).
