@@ -2,11 +2,11 @@
 
 - ``paper``: the authors' settings (spec section 12): lr 1e-4, count-prior odds ×0.1 per 1000 steps,
   1000 steps of training wheels, 300k steps. For GPUs.
-- ``cpu``: the CPU recipe of docs/cpu-recipe.md on the paper's architecture (12-px cells), about 10 minutes
+- ``cpu``: the CPU recipe of docs/cpu-recipe.md on the paper's architecture (12-px cells), about 11 minutes
   on 2 cores; 48×48 scenes with 1–9 digits, tested on 48×48 scenes with 5 digits. The experiments that
   reproduce the paper's figures start from it.
 - ``demo``: ``cpu`` with 8-px cells (a 6×6 grid on 48×48 images instead of 4×4): fewer digits share a
-  cell, so fewer overlapping digits are merged (docs/cpu-recipe.md); about 13 minutes on 2 cores.
+  cell, so fewer overlapping digits are merged (docs/cpu-recipe.md); about 15 minutes on 2 cores.
 - ``pretrained``: the recipe behind the model shipped in the package: ``demo``'s model on 48×48 crops of
   84×84 scenes with 1–15 digits (so it works on images of any size), longer than ``demo``.
 - ``tiny``: a few dozen steps on a handful of images, for tests and smoke runs.
@@ -69,9 +69,9 @@ CPU_RECIPE = [
     "model.hw_prior_std=2.0", "data.n_train=20000", "data.n_val=125",
 ]
 
-#: 8-px cells instead of the paper's 12 (the backbone's strides become 2, 2, 2): on 48×48 scenes with
-#: 5 digits, two digits share a cell in 11% of cases with 12-px cells, and half of the missed digits
-#: were such pairs explained by one object (docs/cpu-recipe.md, run c8).
+#: 8-px cells instead of the paper's 12 (the backbone's strides become 2, 2, 2). A cell proposes at most
+#: one object: on 48×48 scenes with 5 digits, 11% of the digits share a 12-px cell with another digit,
+#: and half of the digits a 12-px model missed were such digits (docs/cpu-recipe.md, run c8).
 FINE_GRID = ["model.cell_size=8"]
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {"paper": paper, "cpu": cpu, "demo": demo, "pretrained": pretrained,
