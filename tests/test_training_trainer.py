@@ -18,7 +18,7 @@ from spair.config import apply_overrides
 from spair.errors import CheckpointError, ConfigError
 from spair.training.checkpoint import load_checkpoint, save_checkpoint
 from spair.training.presets import get_preset
-from spair.training.trainer import Trainer, TrainingAborted
+from spair.training.trainer import Trainer, TrainingAborted, add_gradient_noise, truncated_normal
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -59,12 +59,38 @@ def test_presets_keep_the_paper_grid_where_the_experiments_start():
     cpu, demo, pre = get_preset("cpu"), get_preset("demo"), get_preset("pretrained")
     assert cpu.model.cell_size == get_preset("paper").model.cell_size == 12
     assert (demo.model.cell_size, pre.model.cell_size) == (8, 8)
+    assert (cpu.optim.grad_noise_sampler, demo.optim.grad_noise_sampler) == ("per-tensor", "flat")
     a, b = to_dict(cpu), to_dict(demo)
     a["model"].pop("cell_size"), b["model"].pop("cell_size")
+    a["optim"].pop("grad_noise_sampler"), b["optim"].pop("grad_noise_sampler")
     assert a == b
     assert pre.data.crop is not None and pre.data.scene.image_size == (84, 84)
     for settings in (AdditionSettings(), ComparisonSettings(), GeneralizationSettings(), SetSettings()):
         assert settings.spair_preset == "cpu", type(settings).__name__
+
+
+def test_truncated_normal_draws():
+    """One draw for all values, redraws only out of ±2σ: the truncated normal's moments, reproducible."""
+    z = truncated_normal(400_000, 0.5, torch.Generator().manual_seed(3))
+    assert z.abs().max() <= 1.0 and z.abs().max() > 0.99
+    assert abs(float(z.mean())) < 0.003
+    assert float(z.std()) == pytest.approx(0.5 * 0.87962566, rel=0.01)  # sd of N(0,1) truncated at ±2
+    assert torch.equal(z, truncated_normal(400_000, 0.5, torch.Generator().manual_seed(3)))
+
+
+def test_gradient_noise_samplers():
+    shapes = [(300, 200), (7,), (50, 3, 4, 4)]
+    per_tensor = [torch.zeros(s) for s in shapes]
+    add_gradient_noise(per_tensor, 1e-3, torch.Generator().manual_seed(0), "per-tensor")
+    gen = torch.Generator().manual_seed(0)  # the default is exactly torch's trunc_normal_ per gradient
+    for g in per_tensor:
+        expected = torch.nn.init.trunc_normal_(torch.empty_like(g), 0.0, 1e-3, -2e-3, 2e-3, generator=gen)
+        assert torch.equal(g, expected)
+    flat = [torch.ones(s) for s in shapes]
+    add_gradient_noise(flat, 1e-3, torch.Generator().manual_seed(0), "flat")
+    noise = torch.cat([(g - 1).flatten() for g in flat])
+    assert noise.abs().max() <= 2e-3 + 1e-7 and float(noise.std()) == pytest.approx(0.88e-3, rel=0.05)
+    assert not torch.equal(noise, torch.cat([g.flatten() for g in per_tensor]))
 
 
 def test_run_folder_contents(tmp_path):

@@ -48,6 +48,10 @@ class OptimConfig:
     max_grad_norm: float = param(1.0, lo=0.0, help="global gradient-norm clip (0 = off)")
     grad_noise_std: float = param(1e-3, lo=0.0, help="std of the gradient noise at step 0")
     grad_noise_decay_steps: float = param(1000.0, lo=0.0, lo_open=True, help="gradient noise std ×0.1 every this many steps")
+    grad_noise_sampler: Literal["per-tensor", "flat"] = param(
+        "per-tensor", help="per-tensor: torch's trunc_normal_ on each gradient (whole-tensor redraws until none is "
+        "outside ±2σ); flat: one draw for all gradients, redrawing only the values outside ±2σ (the same "
+        "distribution, other numbers, ~10× cheaper)")
     max_bad_steps: int = param(20, lo=1, help="abort after this many consecutive non-finite losses or gradients")
     train_only: tuple[str, ...] = param((), help="train only parameters whose names start with one of these "
                                         "(e.g. ['bg_logit'] for a background-only stage); empty = all")
