@@ -1154,7 +1154,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training settings to change")
 
 
-@command("demo", "the main job: data, SPAIR training (~15 min on a 2-core CPU), evaluation, pictures",
+@command("demo", "the main job: data, SPAIR training (~13 min on a 2-core CPU), evaluation, pictures",
          _demo_arguments,
          description="Generate scenes from the embedded digits, train SPAIR on the CPU with the demo\n"
                      "preset, tune ConnComp on validation scenes, evaluate both on test scenes with 5\n"

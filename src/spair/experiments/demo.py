@@ -1,4 +1,4 @@
-"""``spair demo``: the main job, end to end on a laptop CPU in about fifteen minutes.
+"""``spair demo``: the main job, end to end on a laptop CPU in about thirteen minutes.
 
 The demo is a list of :class:`Step` objects run in order on a shared :class:`DemoContext`:
 
