@@ -457,3 +457,16 @@ def test_default_method_is_spair_and_tau_selects_conncomp(capsys, tmp_path):
     assert code == 2
     assert_one_error(err, "--checkpoint is an option of --method spair")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_spair_detection_defaults_are_the_library_constants():
+    from spair.cli import METHODS, build_parser
+    from spair.models.spair_detector import EXPLAIN_MIN_PIXELS, EXPLAIN_MIN_SCORE
+
+    args = build_parser().parse_args(["detect", "x.png", "--out", "r.json"])
+    opts = METHODS["spair"].options(args)
+    assert opts["explain_min_score"] == EXPLAIN_MIN_SCORE
+    assert f"at least {EXPLAIN_MIN_PIXELS} image pixels" in " ".join(
+        a.help for a in build_parser()._subparsers._group_actions[0].choices["detect"]._actions if a.help)
+    args = build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--explain-min-score", "1"])
+    assert METHODS["spair"].options(args)["explain_min_score"] == 1.0

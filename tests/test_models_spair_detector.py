@@ -7,7 +7,7 @@ import torch
 
 from spair.models.spair import Spair, SpairConfig, SpairOutput
 from spair.models.spair_detector import (SpairDetector, detections_from_output, duplicate_objects, ink_boxes_px,
-                                         segment_boxes_px, window_boxes_px)
+                                         segment_boxes_px, unexplained_objects, window_boxes_px)
 
 
 def small_model(**kw):
@@ -72,6 +72,26 @@ def test_segment_pixels_go_to_the_strongest_claimant():
     np.testing.assert_allclose(seg[0, 1].numpy(), [4, 0, 8, 8])
 
 
+def test_strongly_claimed_overlap_pixels_belong_to_both_objects():
+    model = small_model()
+    # two objects whose ink overlaps in columns 3-4: the left one draws columns 0-4 at full alpha, the
+    # right one columns 3-7; column 5 holds a faint (0.3) claim of the left one, weaker than the right's
+    a_left = np.zeros((8, 8), np.float32)
+    a_left[:, :5] = 1.0
+    a_left[:, 5] = 0.3
+    a_right = np.zeros((8, 8), np.float32)
+    a_right[:, 3:] = 0.8
+    out = fake_output([(0, 0, 8, 8), (0, 0, 8, 8)], [a_left, a_right], [0.9, 0.8])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 0:8, 0:8] = 1.0
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]))
+    np.testing.assert_allclose(seg[0, 0].numpy(), [0, 0, 5, 8])  # shares columns 3-4, not the faint 5
+    np.testing.assert_allclose(seg[0, 1].numpy(), [3, 0, 8, 8])
+    # with sharing switched off, the overlap goes to the strongest claimant only
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]), share_threshold=1.0)
+    np.testing.assert_allclose(seg[0, 1].numpy(), [5, 0, 8, 8])
+
+
 def test_duplicates_are_dropped_keeping_the_most_probable():
     model = small_model()
     out = fake_output([(4, 4, 12, 12), (4, 5, 12, 13), (14, 14, 22, 22)],
@@ -87,6 +107,29 @@ def test_duplicates_are_dropped_keeping_the_most_probable():
     np.testing.assert_allclose(sorted(dets[0].scores), [0.9, 0.95], atol=1e-6)
     kept = detections_from_output(model, out, x=x, dedup_iou=None)
     assert len(kept[0]) == 3
+
+
+def test_unlikely_objects_are_added_only_for_ink_nothing_else_explains():
+    model = small_model()
+    # object 0 (present) draws the block at 6-10; object 1 (p = 0.3) draws the same block; object 2
+    # (p = 0.2) draws a second block at 16-20 that nothing present explains; object 3 (p = 0.02)
+    # draws a third block but is below explain_min_score; object 4 (p = 0.25) draws the second block too
+    sq = square_alpha()
+    out = fake_output([(4, 4, 12, 12), (4, 4, 12, 12), (14, 14, 22, 22), (14, 4, 22, 12), (14, 14, 22, 22)],
+                      [sq] * 5, [0.9, 0.3, 0.2, 0.02, 0.25])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 16:20, 16:20] = 1.0
+    x[:, :, 6:10, 16:20] = 1.0
+    present = torch.tensor([[True, False, False, False, False]])
+    add = unexplained_objects(model, out, x, present, min_score=0.05, min_pixels=10)
+    # the second block's 16 pixels go to the more probable of its two claimants (4), not to both
+    assert add.tolist() == [[False, False, False, False, True]]
+    assert not unexplained_objects(model, out, x, present, min_score=0.05, min_pixels=17).any()
+    dets = detections_from_output(model, out, x=x, explain_min_score=0.05)
+    np.testing.assert_allclose(sorted(dets[0].scores), [0.25, 0.9], atol=1e-6)
+    assert len(detections_from_output(model, out, x=x, explain_min_score=None)[0]) == 1
+    assert len(detections_from_output(model, out, x=x, explain_min_score=0.01)[0]) == 3
 
 
 def test_min_score_filters_by_presence_probability():

@@ -391,13 +391,18 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
                             "visible ink, or its sprite window")
     group.add_argument("--min-score", type=_float_in(0.0, 1.0), default=0.5, metavar="P",
                        help="spair: report objects whose presence probability is at least P")
+    group.add_argument("--explain-min-score", type=_float_in(0.0, 1.0), default=0.05, metavar="Q",
+                       help="spair: also report a less probable object (probability at least Q) when it explains "
+                            "at least 10 image pixels no reported object explains "
+                            "(Q >= P: off)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
 
 def _spair_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": None if args.checkpoint is None else str(args.checkpoint), "box_mode": args.box_mode,
-            "min_score": float(args.min_score), "sample": args.sample}
+            "min_score": float(args.min_score), "sample": args.sample,
+            "explain_min_score": float(args.explain_min_score)}
 
 
 register_method(Method("spair", "the SPAIR model (pretrained, or --checkpoint)", _spair_arguments, _spair_options))

@@ -12,8 +12,10 @@ Two box definitions are offered (``box_mode``):
   An object whose sprite has no visible pixel falls back to its window box.
 
 Scores are the presence probabilities sigmoid(α). With ``sample="mean"`` (deterministic inference:
-Gaussian means, z_pres = 1[α > 0]) the cells with probability ≥ ``min_score`` are reported; with
-``sample="hard"`` (the paper's stochastic evaluation) the cells whose Bernoulli sample is 1.
+Gaussian means, z_pres = 1[α > 0]) the cells with probability ≥ ``min_score`` are reported, less the
+duplicates (:func:`duplicate_objects`), plus the less probable cells (≥ ``explain_min_score``) that
+explain input ink no reported object explains (:func:`unexplained_objects`); with ``sample="hard"``
+(the paper's stochastic evaluation) the cells whose Bernoulli sample is 1.
 """
 
 from __future__ import annotations
@@ -32,7 +34,19 @@ from .spair import SampleMode, Spair, SpairOutput
 BoxMode = Literal["window", "ink", "segment"]
 INK_THRESHOLD = 0.1
 CLAIM_THRESHOLD = 0.05
+"""Visible ink above which an object claims a pixel when duplicates are looked for."""
+SEGMENT_CLAIM_THRESHOLD = 0.01
+"""Visible ink above which an object may claim a pixel for its segment box (tuned on validation scenes,
+docs/cpu-recipe.md: the decoded sprites are blurry, so a digit's faint edge pixels get little ink)."""
+SHARE_THRESHOLD = 0.5
+"""Visible ink above which an object claims a pixel even where another object has more (overlaps)."""
 DEDUP_IOU = 0.5
+EXPLAIN_MIN_SCORE = 0.05
+"""Objects below the presence threshold but at least this probable are reported when they explain
+``EXPLAIN_MIN_PIXELS`` input pixels that no reported object explains (:func:`unexplained_objects`)."""
+EXPLAIN_MIN_PIXELS = 10
+EXPLAIN_CLAIM_THRESHOLD = 0.1
+"""Visible ink above which an object explains a pixel, for :func:`unexplained_objects`."""
 
 
 def window_boxes_px(out: SpairOutput) -> torch.Tensor:
@@ -128,15 +142,55 @@ def duplicate_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: 
 
 
 @torch.no_grad()
+def unexplained_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, min_score: float,
+                        min_pixels: int = EXPLAIN_MIN_PIXELS, ink_threshold: float = INK_THRESHOLD,
+                        claim_threshold: float = EXPLAIN_CLAIM_THRESHOLD) -> torch.Tensor:
+    """Absent objects that explain ink no present object explains (B, N bool): the ones to add.
+
+    An object explains pixel p when the input differs there from the background by more than
+    ``ink_threshold`` and the object's visible ink exceeds ``claim_threshold``. Going through the absent
+    objects whose presence probability is at least ``min_score`` by decreasing probability, one that
+    explains at least ``min_pixels`` pixels not yet explained is added (and its pixels count as explained).
+    A digit the model splits between two cells, each below the presence threshold, or half-covers with
+    a weak cell, is otherwise missed although the model's own sprites account for it.
+    Cost: O(objects · window); the loop runs only over the candidates.
+    """
+    prob = out.pres_prob.squeeze(-1)
+    cand = ~present & (prob >= min_score)
+    add = torch.zeros_like(present)
+    if not bool(cand.any()):
+        return add
+    v, y0, x0 = visible_ink_windows(model, out)
+    B, N, wh, ww = v.shape
+    H, W = out.image_hw
+    flat, inside = _window_pixels(y0, x0, (wh, ww), (H, W))
+    idx = flat.reshape(B, -1)
+    own = inside & (_input_ink(x, out, idx, v.shape) > ink_threshold) & (v > claim_threshold)
+    explained = torch.zeros(B, H * W, dtype=torch.float32, device=v.device).scatter_reduce(
+        1, idx, (own & present[..., None, None]).reshape(B, -1).float(), reduce="amax", include_self=True) > 0
+    flat, own = flat.reshape(B, N, -1), own.reshape(B, N, -1)
+    order = torch.argsort(torch.where(cand, prob, torch.full_like(prob, -1.0)), dim=1, descending=True, stable=True)
+    for b in range(B):
+        for j in order[b, :int(cand[b].sum())].tolist():
+            pix = flat[b, j][own[b, j]]
+            if int((~explained[b, pix]).sum()) >= min_pixels:
+                add[b, j] = True
+                explained[b, pix] = True
+    return add
+
+
+@torch.no_grad()
 def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
-                     ink_threshold: float = INK_THRESHOLD, claim_threshold: float = CLAIM_THRESHOLD
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     ink_threshold: float = INK_THRESHOLD, claim_threshold: float = SEGMENT_CLAIM_THRESHOLD,
+                     share_threshold: float = SHARE_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
     """Extent of the image pixels each present object explains (its segment), (B, N, 4) and (B, N).
 
     A pixel p belongs to object i when the input differs there from the background by more than
     ``ink_threshold`` (max over channels), object i's visible ink v_i(p) exceeds ``claim_threshold``,
-    and no other present object has more visible ink at p. The extent then comes from the input's
-    own pixels, so it is as sharp as the image even where the decoded sprite is blurry.
+    and either no other present object has more visible ink at p or v_i(p) exceeds ``share_threshold``
+    (where two digits overlap, the pixel belongs to both, as in their ground-truth boxes). The extent
+    then comes from the input's own pixels, so it is as sharp as the image even where the decoded
+    sprite is blurry.
     """
     v, y0, x0 = visible_ink_windows(model, out)
     v = v * present[..., None, None].to(v.dtype)
@@ -149,7 +203,7 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         1, idx, claims, reduce="amax", include_self=True)
     best = strongest.gather(1, idx).reshape(B, N, wh, ww)
     ink = _input_ink(x, out, idx, v.shape)
-    mask = inside & (ink > ink_threshold) & (v > claim_threshold) & (v >= best)
+    mask = inside & (ink > ink_threshold) & (v > claim_threshold) & ((v >= best) | (v > share_threshold))
     return mask_extents(mask, y0, x0, (H, W))
 
 
@@ -157,13 +211,18 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
 def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "segment",
                            min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
                            use_samples: bool = False, x: torch.Tensor | None = None,
-                           dedup_iou: float | None = DEDUP_IOU) -> list[Detections]:
+                           dedup_iou: float | None = DEDUP_IOU,
+                           explain_min_score: float | None = EXPLAIN_MIN_SCORE) -> list[Detections]:
     """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
-    input batch, needed by ``box_mode="segment"`` and by ``dedup_iou`` (None: keep duplicates)."""
+    input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates) and by
+    ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
+    ``use_samples`` it is not applied)."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
     if dedup_iou is not None and x is not None:
         keep = keep & ~duplicate_objects(model, out, x, keep, dedup_iou, ink_threshold)
+    if explain_min_score is not None and explain_min_score < min_score and x is not None and not use_samples:
+        keep = keep | unexplained_objects(model, out, x, keep, explain_min_score, ink_threshold=ink_threshold)
     boxes = window_boxes_px(out)
     if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(model, out, ink_threshold)
@@ -209,7 +268,8 @@ class SpairDetector:
 
     def __init__(self, checkpoint: str | None = None, box_mode: BoxMode = "segment", min_score: float = 0.5,
                  batch_size: int = 32, sample: SampleMode = "mean", seed: int = 0, device: str = "cpu",
-                 ink_threshold: float = INK_THRESHOLD, model: Spair | None = None):
+                 ink_threshold: float = INK_THRESHOLD, model: Spair | None = None,
+                 explain_min_score: float | None = EXPLAIN_MIN_SCORE):
         from .io import load_model
 
         if not 0.0 <= min_score <= 1.0:
@@ -220,6 +280,9 @@ class SpairDetector:
         self.model.eval()
         self.box_mode, self.min_score, self.batch_size = box_mode, min_score, batch_size
         self.sample, self.device, self.ink_threshold = sample, device, ink_threshold
+        if explain_min_score is not None and not 0.0 <= explain_min_score <= 1.0:
+            raise ConfigError(f"explain_min_score must be in [0, 1], got {explain_min_score}")
+        self.explain_min_score = explain_min_score
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def detect(self, images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray] | None = None) -> list[Detections]:
@@ -241,7 +304,8 @@ class SpairDetector:
                     bg = torch.from_numpy(bg).float().div(255.0).to(self.device)
                 out = run_model(self.model, x, self.sample, self.generator, bg)
                 dets = detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
-                                              use_samples=self.sample != "mean", x=x)
+                                              use_samples=self.sample != "mean", x=x,
+                                              explain_min_score=self.explain_min_score)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]
