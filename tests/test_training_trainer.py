@@ -49,7 +49,8 @@ def test_smoke_training_learns(tmp_path):
 
 def test_presets_keep_the_paper_grid_where_the_experiments_start():
     """'cpu' is the CPU recipe on the paper's 12-px cells (the experiments' starting point); 'demo' is
-    the same recipe with 8-px cells and nothing else changed; 'pretrained' trains the demo model on crops."""
+    the same recipe with 8-px cells, a weaker count prior, a larger validation set and the flat noise
+    sampler, nothing else changed; 'pretrained' trains the demo model on crops."""
     from spair.config import to_dict
     from spair.experiments.addition import AdditionSettings
     from spair.experiments.comparison import ComparisonSettings
@@ -60,9 +61,14 @@ def test_presets_keep_the_paper_grid_where_the_experiments_start():
     assert cpu.model.cell_size == get_preset("paper").model.cell_size == 12
     assert (demo.model.cell_size, pre.model.cell_size) == (8, 8)
     assert (cpu.optim.grad_noise_sampler, demo.optim.grad_noise_sampler) == ("per-tensor", "flat")
+    assert cpu.schedule.count_prior_final_odds == get_preset("paper").schedule.count_prior_final_odds == 0.0125
+    assert demo.schedule.count_prior_final_odds == pre.schedule.count_prior_final_odds == 0.05
     a, b = to_dict(cpu), to_dict(demo)
-    a["model"].pop("cell_size"), b["model"].pop("cell_size")
-    a["optim"].pop("grad_noise_sampler"), b["optim"].pop("grad_noise_sampler")
+    assert (cpu.data.n_val, demo.data.n_val, pre.data.n_val) == (125, 500, 500)
+    assert (cpu.data.val_n_objects, demo.data.val_n_objects, pre.data.val_n_objects) == (None, (5, 5), None)
+    for part, key in (("model", "cell_size"), ("optim", "grad_noise_sampler"), ("schedule", "count_prior_final_odds"),
+                      ("data", "n_val"), ("data", "val_n_objects")):
+        a[part].pop(key), b[part].pop(key)
     assert a == b
     assert pre.data.crop is not None and pre.data.scene.image_size == (84, 84)
     for settings in (AdditionSettings(), ComparisonSettings(), GeneralizationSettings(), SetSettings()):
@@ -189,3 +195,17 @@ def test_non_finite_checkpoint_is_never_written(tmp_path):
     with pytest.raises(CheckpointError, match="not finite"):
         save_checkpoint(tmp_path / "x.pt", {"model": state})
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_validation_scenes_can_hold_another_number_of_objects(tmp_path, monkeypatch):
+    from spair.config import apply_overrides
+    from spair.training.trainer import load_split
+
+    monkeypatch.setenv("SPAIR_CACHE", str(tmp_path))
+    cfg = apply_overrides(get_preset("tiny"), ["data.crop=null", "data.scene.image_size=[48,48]",
+                                               "data.scene.n_objects=[1,9]", "data.val_n_objects=[5,5]"])
+    val, train = load_split(cfg, "val"), load_split(cfg, "train")
+    assert set(val.counts.tolist()) == {5}
+    assert len(set(train.counts.tolist())) > 1
+    same = load_split(apply_overrides(cfg, ["data.val_n_objects=null"]), "val")
+    assert len(set(same.counts.tolist())) > 1

@@ -19,7 +19,8 @@ from ..models.spair import SpairConfig
 
 @dataclass
 class DataConfig:
-    """Training and validation scenes. Validation uses the same scenes with the val digit split."""
+    """Training and validation scenes. Validation uses the same scenes with the val digit split (and, with
+    ``val_n_objects``, another number of objects per scene: the best checkpoint is chosen on them)."""
 
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=(84, 84), n_objects=(1, 15)))
     crop: CropConfig | None = field(default_factory=lambda: CropConfig(size=(48, 48), n_per_image=4))
@@ -27,6 +28,8 @@ class DataConfig:
     n_val: int = param(250, lo=1, help="validation scenes (before cropping)")
     train_seed: int = param(0, lo=0, help="seed of the training scenes")
     val_seed: int = param(1, lo=0, help="seed of the validation scenes")
+    val_n_objects: tuple[int, int] | None = param(
+        None, lo=0, hi=10000, help="objects per validation scene, inclusive range (null: as the training scenes)")
 
 
 @dataclass

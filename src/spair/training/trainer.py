@@ -64,7 +64,7 @@ def load_split(cfg: TrainConfig, which: str) -> Scenes:
     from ..data.datasets import DatasetSpec, get_dataset
 
     d = cfg.data
-    scene = d.scene if which == "train" else _with_split(d.scene, "val")
+    scene = d.scene if which == "train" else _with_split(d.scene, "val", d.val_n_objects)
     spec = DatasetSpec(scene=scene, n_images=d.n_train if which == "train" else d.n_val,
                        seed=d.train_seed if which == "train" else d.val_seed, crop=d.crop)
     return get_dataset(spec)
@@ -78,9 +78,11 @@ def load_test(cfg: TrainConfig) -> Scenes | None:
     return get_dataset(DatasetSpec(scene=cfg.test.scene, n_images=cfg.test.n, seed=cfg.test.seed, crop=None))
 
 
-def _with_split(scene: Any, split: str) -> Any:
+def _with_split(scene: Any, split: str, n_objects: tuple[int, int] | None = None) -> Any:
     data = to_dict(scene)
     data["split"] = split
+    if n_objects is not None:
+        data["n_objects"] = list(n_objects)
     return from_dict(type(scene), data)
 
 
