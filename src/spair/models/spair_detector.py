@@ -102,6 +102,18 @@ def _input_ink(x: torch.Tensor, out: SpairOutput, idx: torch.Tensor, shape: torc
     return fg.gather(1, idx).reshape(shape)
 
 
+def explained_pixels(model: Spair, out: SpairOutput, x: torch.Tensor, ink_threshold: float, claim_threshold: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input pixels each object explains, over its window (B, N, wh, ww bool): the input differs
+    there from the background by more than ``ink_threshold`` and the object's visible ink exceeds
+    ``claim_threshold``; and the flat image index of every window pixel (B, N, wh, ww)."""
+    v, y0, x0 = visible_ink_windows(model, out)
+    B = v.shape[0]
+    flat, inside = _window_pixels(y0, x0, v.shape[-2:], out.image_hw)
+    own = inside & (_input_ink(x, out, flat.reshape(B, -1), v.shape) > ink_threshold) & (v > claim_threshold)
+    return own, flat
+
+
 @torch.no_grad()
 def duplicate_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, max_iou: float,
                       ink_threshold: float = INK_THRESHOLD, claim_threshold: float = CLAIM_THRESHOLD) -> torch.Tensor:
@@ -114,14 +126,11 @@ def duplicate_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: 
     (The renderer averages overlapping sprites, so a duplicate leaves the reconstruction unchanged and
     training removes it only slowly.)
     """
-    v, y0, x0 = visible_ink_windows(model, out)
-    B, N, wh, ww = v.shape
+    own, flat = explained_pixels(model, out, x, ink_threshold, claim_threshold)
+    B, N = own.shape[:2]
     H, W = out.image_hw
-    flat, inside = _window_pixels(y0, x0, (wh, ww), (H, W))
-    idx = flat.reshape(B, -1)
-    own = inside & (_input_ink(x, out, idx, v.shape) > ink_threshold) & (v > claim_threshold)
     own = own & present[..., None, None]
-    canvas = torch.zeros(B * N, H * W, dtype=torch.float32, device=v.device).scatter_reduce(
+    canvas = torch.zeros(B * N, H * W, dtype=torch.float32, device=own.device).scatter_reduce(
         1, flat.reshape(B * N, -1), own.reshape(B * N, -1).float(), reduce="amax", include_self=True)
     canvas = canvas.reshape(B, N, H * W)
     inter = canvas @ canvas.transpose(1, 2)                                    # (B, N, N)
@@ -160,14 +169,12 @@ def unexplained_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present
     add = torch.zeros_like(present)
     if not bool(cand.any()):
         return add
-    v, y0, x0 = visible_ink_windows(model, out)
-    B, N, wh, ww = v.shape
+    own, flat = explained_pixels(model, out, x, ink_threshold, claim_threshold)
+    B, N = own.shape[:2]
     H, W = out.image_hw
-    flat, inside = _window_pixels(y0, x0, (wh, ww), (H, W))
-    idx = flat.reshape(B, -1)
-    own = inside & (_input_ink(x, out, idx, v.shape) > ink_threshold) & (v > claim_threshold)
-    explained = torch.zeros(B, H * W, dtype=torch.float32, device=v.device).scatter_reduce(
-        1, idx, (own & present[..., None, None]).reshape(B, -1).float(), reduce="amax", include_self=True) > 0
+    explained = torch.zeros(B, H * W, dtype=torch.float32, device=own.device).scatter_reduce(
+        1, flat.reshape(B, -1), (own & present[..., None, None]).reshape(B, -1).float(), reduce="amax",
+        include_self=True) > 0
     flat, own = flat.reshape(B, N, -1), own.reshape(B, N, -1)
     order = torch.argsort(torch.where(cand, prob, torch.full_like(prob, -1.0)), dim=1, descending=True, stable=True)
     for b in range(B):
