@@ -163,3 +163,21 @@ def test_detector_rejects_bad_options():
 
     with pytest.raises(ConfigError, match="min_score"):
         SpairDetector(model=small_model(), min_score=2.0)
+
+
+def test_visible_ink_is_computed_once_per_output():
+    from spair.models.spair_detector import visible_ink_windows
+
+    model = small_model()
+    out = fake_output([(4, 4, 12, 12), (10, 10, 18, 18)], [square_alpha(), square_alpha()], [0.9, 0.3])
+    first = visible_ink_windows(model, out)
+    assert visible_ink_windows(model, out) is first           # cached on the output
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 12:16, 12:16] = 1.0
+    cached = detections_from_output(model, out, x=x)[0]
+    out.visible_ink = None                                    # a fresh computation gives the same detections
+    fresh = detections_from_output(model, out, x=x)[0]
+    np.testing.assert_array_equal(cached.boxes, fresh.boxes)
+    np.testing.assert_array_equal(cached.scores, fresh.scores)
+    assert len(fresh.boxes) == 2                              # the weak object explains its own block

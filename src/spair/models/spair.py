@@ -270,6 +270,7 @@ class SpairOutput:
     background: torch.Tensor | None = None      # (B, 3, 1, 1)
     recon: torch.Tensor | None = None           # (B, 3, H, W) rendered image
     losses: LossTerms | None = None
+    visible_ink: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # detector cache (spair_detector)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,7 +60,12 @@ def window_boxes_px(out: SpairOutput) -> torch.Tensor:
 
 def visible_ink_windows(model: Spair, out: SpairOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each object's visible ink over its own pixel window: v_i(p) = α_i(p)·max_c |S_i[rgb](p) − m_i(p)·bg_c|,
-    the change it makes to the image when drawn alone (B, N, wh, ww), and the window origins y0, x0."""
+    the change it makes to the image when drawn alone (B, N, wh, ww), and the window origins y0, x0.
+
+    Computed once per output and kept in ``out.visible_ink``: duplicate removal, the unexplained-ink
+    completion and the box rules all read it (set it to None after changing the output's latents)."""
+    if out.visible_ink is not None:
+        return out.visible_ink
     if out.sprites_rgb is None:
         out.sprites_rgb, out.sprites_alpha = model.decode_sprites(out.z_what)
     bg = out.background
@@ -74,7 +79,8 @@ def visible_ink_windows(model: Spair, out: SpairOutput) -> tuple[torch.Tensor, t
     s, m, y0, x0 = sample_windows(maps, out.boxes, out.image_hw, win)
     bgc = bg.reshape(bg.shape[0], 1, 3, 1, 1)
     diff = (s[:, :, :3] - m[:, :, None] * bgc).abs().amax(2)                   # (B, N, wh, ww)
-    return s[:, :, 3] * diff, y0, x0
+    out.visible_ink = (s[:, :, 3] * diff, y0, x0)
+    return out.visible_ink
 
 
 def _window_pixels(y0: torch.Tensor, x0: torch.Tensor, win: tuple[int, int], hw: tuple[int, int]
