@@ -66,8 +66,9 @@ def test_presets_keep_the_paper_grid_where_the_experiments_start():
     a, b = to_dict(cpu), to_dict(demo)
     assert (cpu.data.n_val, demo.data.n_val, pre.data.n_val) == (125, 500, 500)
     assert (cpu.data.val_n_objects, demo.data.val_n_objects, pre.data.val_n_objects) == (None, (5, 5), None)
+    assert (cpu.optim.max_steps, demo.optim.max_steps) == (4000, 5000)
     for part, key in (("model", "cell_size"), ("optim", "grad_noise_sampler"), ("schedule", "count_prior_final_odds"),
-                      ("data", "n_val"), ("data", "val_n_objects")):
+                      ("data", "n_val"), ("data", "val_n_objects"), ("optim", "max_steps")):
         a[part].pop(key), b[part].pop(key)
     assert a == b
     assert pre.data.crop is not None and pre.data.scene.image_size == (84, 84)

@@ -1,4 +1,4 @@
-"""``spair demo``: the main job, end to end on a laptop CPU in about thirteen minutes.
+"""``spair demo``: the main job, end to end on a 2-core laptop CPU in about nine minutes.
 
 The demo is a list of :class:`Step` objects run in order on a shared :class:`DemoContext`:
 

