@@ -52,6 +52,19 @@ def right_only_pad(n: int, kernel: int, stride: int) -> int:
     return max(kernel - stride, 0) if n % stride == 0 else max(kernel - n % stride, 0)
 
 
+def _conv_right_padded(conv: nn.Conv2d, x: torch.Tensor, s: int, ph: int, pw: int) -> torch.Tensor:
+    """``conv(F.pad(x, (0, pw, 0, ph)))`` without the padded copy of ``x``: the convolution pads both
+    sides by ``ph``, ``pw`` rounded up to a multiple of the stride (inside oneDNN, no copy), and the
+    leading rows and columns that padding adds are dropped. Same outputs (bit for bit on even sizes;
+    within float rounding otherwise); at 256×256 it saves copying a 270 MB feature map per image batch.
+    Used for inference only, so that training keeps the numerics of the explicit padding."""
+    (kh, kw), (H, W) = conv.kernel_size, x.shape[-2:]
+    Ph, Pw = -(-ph // s) * s, -(-pw // s) * s
+    y = F.conv2d(x, conv.weight, conv.bias, stride=s, padding=(Ph, Pw))
+    oh, ow = (H + ph - kh) // s + 1, (W + pw - kw) // s + 1
+    return y[..., Ph // s:Ph // s + oh, Pw // s:Pw // s + ow]
+
+
 class Backbone(nn.Module):
     """SPAIR's convolutional encoder e^conv (spec section 3.1): image → one feature vector per cell.
 
@@ -86,7 +99,10 @@ class Backbone(nn.Module):
         for conv, s in zip(self.strided, self.strides):
             ph = right_only_pad(x.shape[-2], 4, s)
             pw = right_only_pad(x.shape[-1], 4, s)
-            x = F.relu(conv(F.pad(x, (0, pw, 0, ph))))
+            if torch.is_grad_enabled():
+                x = F.relu(conv(F.pad(x, (0, pw, 0, ph))))
+            else:
+                x = F.relu(_conv_right_padded(conv, x, s, ph, pw))
         k = self.kernel_size
         for i, conv in enumerate(self.final):
             if k > 1:
