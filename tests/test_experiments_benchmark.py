@@ -138,6 +138,9 @@ def test_command_line_verb():
     args = p.parse_args(["--quick", "--sizes", "48,210x160", "--modes", "raster", "--clock", "cpu"])
     assert args.weights == "init" and not args.amp
     assert p.parse_args(["--weights", "pretrained", "--amp"]).amp
+    assert args.warmup is None and p.parse_args(["--warmup", "0"]).warmup == 0
+    with pytest.raises(SystemExit):
+        p.parse_args(["--warmup", "-1"])
     assert args.quick and args.sizes == [(48, 48), (210, 160)] and args.modes == ["raster"] and args.clock == "cpu"
     assert parse_sizes("64, 32x16") == [(64, 64), (32, 16)]
     for bad in ("", "4", "48x", "big"):

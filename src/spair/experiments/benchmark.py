@@ -82,7 +82,8 @@ class BenchmarkConfig:
     modes: tuple[str, ...] = MODES
     batch_size: int = 32
     threads: int = 0                 # torch threads in the workers; 0 = every core
-    warmup: int = 1                  # untimed training steps before the timed ones
+    warmup: int = 3                  # untimed training steps before the timed ones (the first steps
+                                     # fault in the allocator's pages and Adam's state: slower)
     steps: int = 3                   # timed training steps (the median is reported)
     split_steps: int = 1             # instrumented steps for the component split
     inference_batches: int = 3       # timed inference batches (median)
@@ -161,7 +162,7 @@ def model_flops(model: Any, image_hw: tuple[int, int]) -> dict[str, float]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # the training forward: every conv runs as its module (hooks see it)
             model(torch.zeros(1, 3, H, W, device=next(model.parameters()).device), 0.0, sample="mean")
     finally:
         for h in handles:
@@ -538,7 +539,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [f"SPAIR benchmark: batch {cfg['batch_size']}, {cfg['threads'] or m['cores']} threads, "
              f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {clock} clock; "
              f"{'bf16 autocast' if cfg.get('amp') else 'fp32'}; "
-             f"{weights}; "
+             f"{weights}; median of {cfg['steps']} timed steps after {cfg.get('warmup', 1)} untimed; "
              f"fp32 matmul {results['matmul_flops'] / 1e9:.1f} GFLOP/s.", "",
              "| image | mode | steps/pass | train img/s | infer img/s | step ms | GFLOP/img (train) | GFLOP/s | % of matmul | peak RSS MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

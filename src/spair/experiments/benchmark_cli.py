@@ -54,6 +54,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=None, metavar="B", help="images per step (default: 32)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads per case (0 = every core)")
     p.add_argument("--steps", type=int_at_least(1), default=None, metavar="K", help="timed training steps per case (default: 3)")
+    p.add_argument("--warmup", type=int_at_least(0), default=None, metavar="K",
+                   help="untimed training steps before the timed ones (default: 3)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time to report: wall clock, or process CPU time (steadier on a busy machine with --threads 1)")
     p.add_argument("--weights", choices=WEIGHTS, default="init",
@@ -78,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = quick_config() if args.quick else BenchmarkConfig()
     changes = {"threads": args.threads, "clock": args.clock, "weights": args.weights, "amp": args.amp}
     for key, value in (("sizes", args.sizes), ("modes", args.modes), ("batch_size", args.batch_size),
-                       ("steps", args.steps)):
+                       ("steps", args.steps), ("warmup", args.warmup)):
         if value is not None:
             changes[key] = tuple(value) if isinstance(value, list) else value
     cfg = replace(cfg, **changes)
