@@ -21,6 +21,21 @@ def test_closed_form_equals_recursion(log_odds):
     torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("block", [1, 17, 500, 1 << 40])
+def test_blocks_of_cells_give_the_same_numbers(monkeypatch, block):
+    from spair.ops import count_prior
+
+    g = torch.Generator().manual_seed(1)
+    on = (torch.rand(3, 40, generator=g) > 0.7).float()
+    want = count_prior_cell_probs_recursive(on, -1.5)
+    monkeypatch.setattr(count_prior, "_BLOCK_ELEMENTS", 1 << 40)
+    whole = count_prior_cell_probs(on, -1.5)
+    monkeypatch.setattr(count_prior, "_BLOCK_ELEMENTS", block)   # 1 and 17: one or a few cells per block
+    got = count_prior_cell_probs(on, -1.5)
+    assert torch.equal(got, whole)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("N", [1, 3, 6])
 @pytest.mark.parametrize("log_odds", [-2.0, 0.5, 4.0])
 def test_product_of_conditionals_is_exchangeable_prior(N, log_odds):

@@ -30,6 +30,10 @@ import torch
 from .distributions import bernoulli_kl
 
 
+_BLOCK_ELEMENTS = 1 << 18
+"""Values per temporary in :func:`count_prior_cell_probs` (2 MB in float64)."""
+
+
 def count_prior_log_probs(log_odds: float, n_cells: int) -> torch.Tensor:
     """log P(C = c) for c = 0..N of the geometric prior with success probability sigmoid(log_odds),
     truncated to {0, …, N} and renormalized (float64)."""
@@ -59,19 +63,27 @@ def count_prior_cell_probs(on: torch.Tensor, log_odds: float) -> torch.Tensor:
     off = i - k                                                     # off-cells before i
     c = torch.arange(N + 1, dtype=torch.float64, device=on.device)  # (N+1,)
     log_prior = count_prior_log_probs(log_odds, N).to(on.device)
-
-    k_, off_, c_ = k[..., None], off[..., None], c
-    valid = (c_ >= k_) & (N - c_ >= off_)
     # log-factorials from a table: every argument below is an integer in [0, N]
     log_fact = torch.lgamma(torch.arange(N + 1, dtype=torch.float64, device=on.device) + 1)
     ci = torch.arange(N + 1, device=on.device)
-    ki, offi = k_.long(), off_.long()
-    log_rho = (log_prior + log_fact[ci] - log_fact[(ci - ki).clamp(min=0)]
-               + log_fact[N - ci] - log_fact[(N - ci - offi).clamp(min=0)])
-    log_rho = torch.where(valid, log_rho, torch.full_like(log_rho, -math.inf))
-    rho = torch.softmax(log_rho, dim=-1)                            # (B, N, N+1)
-    r = ((c_ - k_) / (N - i)[None, :, None]).clamp(0.0, 1.0)
-    return (rho * r).sum(-1)
+
+    # The work is (B, N, N+1): quadratic in the number of cells. It is done a block of cells at a time
+    # (each block's temporaries ≤ _BLOCK_ELEMENTS values, cache-sized) instead of in one go, which at
+    # 256×256 (484 cells) would allocate and page-fault a dozen 60 MB temporaries; same numbers.
+    p = torch.empty(B, N, dtype=torch.float64, device=on.device)
+    step = max(1, _BLOCK_ELEMENTS // max(1, B * (N + 1)))
+    for a in range(0, N, step):
+        sl = slice(a, min(a + step, N))
+        k_, off_ = k[:, sl, None], off[:, sl, None]
+        valid = (c >= k_) & (N - c >= off_)
+        ki, offi = k_.long(), off_.long()
+        log_rho = (log_prior + log_fact[ci] - log_fact[(ci - ki).clamp(min=0)]
+                   + log_fact[N - ci] - log_fact[(N - ci - offi).clamp(min=0)])
+        log_rho = torch.where(valid, log_rho, torch.full_like(log_rho, -math.inf))
+        rho = torch.softmax(log_rho, dim=-1)                        # (B, block, N+1)
+        r = ((c - k_) / (N - i[sl])[None, :, None]).clamp(0.0, 1.0)
+        p[:, sl] = (rho * r).sum(-1)
+    return p
 
 
 def count_prior_kl(pi: torch.Tensor, on: torch.Tensor, log_odds: float) -> torch.Tensor:
