@@ -56,7 +56,7 @@ def _conv_right_padded(conv: nn.Conv2d, x: torch.Tensor, s: int, ph: int, pw: in
     """``conv(F.pad(x, (0, pw, 0, ph)))`` without the padded copy of ``x``: the convolution pads both
     sides by ``ph``, ``pw`` rounded up to a multiple of the stride (inside oneDNN, no copy), and the
     leading rows and columns that padding adds are dropped. Same outputs (bit for bit on even sizes;
-    within float rounding otherwise); at 256×256 it saves copying a 270 MB feature map per image batch.
+    within float rounding otherwise); at 256×256 it saves copying a 270 MB feature map per batch of 32.
     Used for inference only, so that training keeps the numerics of the explicit padding."""
     (kh, kw), (H, W) = conv.kernel_size, x.shape[-2:]
     Ph, Pw = -(-ph // s) * s, -(-pw // s) * s
