@@ -470,3 +470,9 @@ def test_spair_detection_defaults_are_the_library_constants():
         a.help for a in build_parser()._subparsers._group_actions[0].choices["detect"]._actions if a.help)
     args = build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--explain-min-score", "1"])
     assert METHODS["spair"].options(args)["explain_min_score"] == 1.0
+    from spair.models.refine import REFINE_STEPS
+    from spair.training.config import EvalConfig
+
+    assert opts["refine_steps"] == REFINE_STEPS == EvalConfig().refine_steps
+    args = build_parser().parse_args(["eval", "--data", "d", "--refine-steps", "0"])
+    assert METHODS["spair"].options(args)["refine_steps"] == 0

@@ -15,7 +15,9 @@ Scores are the presence probabilities sigmoid(α). With ``sample="mean"`` (deter
 Gaussian means, z_pres = 1[α > 0]) the cells with probability ≥ ``min_score`` are reported, less the
 duplicates (:func:`duplicate_objects`), plus the less probable cells (≥ ``explain_min_score``) that
 explain input ink no reported object explains (:func:`unexplained_objects`); with ``sample="hard"``
-(the paper's stochastic evaluation) the cells whose Bernoulli sample is 1.
+(the paper's stochastic evaluation) the cells whose Bernoulli sample is 1. With ``refine_steps`` > 0
+(deterministic inference only) the reported objects' latents are first refined on the image
+(:mod:`spair.models.refine`) and the boxes come from the refined sprites.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..ops.render import mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
+from .refine import REFINE_STEPS, refine_latents
 from .spair import SampleMode, Spair, SpairOutput
 
 BoxMode = Literal["window", "ink", "segment"]
@@ -225,17 +228,20 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
                            min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
                            use_samples: bool = False, x: torch.Tensor | None = None,
                            dedup_iou: float | None = DEDUP_IOU,
-                           explain_min_score: float | None = EXPLAIN_MIN_SCORE) -> list[Detections]:
+                           explain_min_score: float | None = EXPLAIN_MIN_SCORE,
+                           refine_steps: int = 0) -> list[Detections]:
     """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
-    input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates) and by
+    input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
     ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
-    ``use_samples`` it is not applied)."""
+    ``use_samples`` it is not applied) and by ``refine_steps`` (not applied with ``use_samples``)."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
     if dedup_iou is not None and x is not None:
         keep = keep & ~duplicate_objects(model, out, x, keep, dedup_iou, ink_threshold)
     if explain_min_score is not None and explain_min_score < min_score and x is not None and not use_samples:
         keep = keep | unexplained_objects(model, out, x, keep, explain_min_score, ink_threshold=ink_threshold)
+    if refine_steps and x is not None and not use_samples:
+        out = refine_latents(model, out, x, keep, refine_steps)
     boxes = window_boxes_px(out)
     if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(model, out, ink_threshold)
@@ -282,7 +288,7 @@ class SpairDetector:
     def __init__(self, checkpoint: str | None = None, box_mode: BoxMode = "segment", min_score: float = 0.5,
                  batch_size: int = 32, sample: SampleMode = "mean", seed: int = 0, device: str = "cpu",
                  ink_threshold: float = INK_THRESHOLD, model: Spair | None = None,
-                 explain_min_score: float | None = EXPLAIN_MIN_SCORE):
+                 explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS):
         from .io import load_model
 
         if not 0.0 <= min_score <= 1.0:
@@ -296,6 +302,9 @@ class SpairDetector:
         if explain_min_score is not None and not 0.0 <= explain_min_score <= 1.0:
             raise ConfigError(f"explain_min_score must be in [0, 1], got {explain_min_score}")
         self.explain_min_score = explain_min_score
+        if refine_steps < 0:
+            raise ConfigError(f"refine_steps must be >= 0, got {refine_steps}")
+        self.refine_steps = refine_steps
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def detect(self, images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray] | None = None) -> list[Detections]:
@@ -318,7 +327,8 @@ class SpairDetector:
                 out = run_model(self.model, x, self.sample, self.generator, bg)
                 dets = detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
                                               use_samples=self.sample != "mean", x=x,
-                                              explain_min_score=self.explain_min_score)
+                                              explain_min_score=self.explain_min_score,
+                                              refine_steps=self.refine_steps)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]

@@ -79,6 +79,9 @@ class EvalConfig:
     box_mode: Literal["segment", "ink", "window"] = param(
         "segment", help="box of an object: the image pixels it explains, its own visible ink, or its sprite window")
     batch_size: int = param(100, lo=1, help="evaluation batch size (SPAIR-AP still pools per 32 images)")
+    refine_steps: int = param(20, lo=0, help="test scenes: refine the reported objects' latents on each image for this "
+                              "many steps before reading their boxes (spair.models.refine; 0 = off); validation "
+                              "during training does not refine, for speed")
 
 
 @dataclass

@@ -4,7 +4,9 @@
 ``spair detect`` uses; ``sample="hard"`` is the paper's stochastic protocol (latents sampled at
 test time, z_pres a Bernoulli sample). Both are scored by the same metrics
 (``spair.metrics.evaluate_detections``: SPAIR-AP with confidence 1, COCO AP with the presence
-probability as score, count errors with the number of reported boxes).
+probability as score, count errors with the number of reported boxes). ``refine_steps`` > 0
+refines the reported objects' latents on each image before their boxes are read
+(``spair.models.refine``; deterministic inference only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..data.scenes import Scenes
 from ..metrics import evaluate_detections, spair_ap
 from ..models.detector import Detections
 from ..models.spair import SampleMode, Spair
+from ..models.refine import REFINE_STEPS
 from ..models.spair_detector import (EXPLAIN_MIN_SCORE, INK_THRESHOLD, BoxMode, detections_from_output,
                                      run_model)
 
@@ -27,7 +30,7 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
             box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
             backgrounds: np.ndarray | None = None, ink_threshold: float = INK_THRESHOLD,
             device: str | torch.device | None = None,
-            explain_min_score: float | None = EXPLAIN_MIN_SCORE) -> list[Detections]:
+            explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS) -> list[Detections]:
     """Detections for uint8 images (N, H, W, 3) of one size."""
     was_training = model.training
     model.eval()
@@ -45,7 +48,8 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
             bg = torch.from_numpy(backgrounds[start:start + batch_size]).float().div(255.0).to(device)
         out = run_model(model, x, sample, gen, bg)
         out_dets += detections_from_output(model, out, box_mode, min_score, ink_threshold,
-                                           use_samples=sample != "mean", x=x, explain_min_score=explain_min_score)
+                                           use_samples=sample != "mean", x=x, explain_min_score=explain_min_score,
+                                           refine_steps=refine_steps)
     model.train(was_training)
     return out_dets
 
@@ -53,14 +57,14 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
 def evaluate(model: Spair, scenes: Scenes, *, batch_size: int = 100, sample: SampleMode = "mean",
              box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
              ink_threshold: float = INK_THRESHOLD,
-             explain_min_score: float | None = EXPLAIN_MIN_SCORE) -> dict[str, Any]:
+             explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS) -> dict[str, Any]:
     """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size).
 
     ``spair_AP`` is the paper's protocol with confidence 1 for every reported box;
     ``spair_ranked_AP`` is the same protocol ranking the boxes by presence probability."""
     dets = predict(model, scenes.images, batch_size=batch_size, sample=sample, box_mode=box_mode,
                    min_score=min_score, seed=seed, backgrounds=scenes.backgrounds, ink_threshold=ink_threshold,
-                   explain_min_score=explain_min_score)
+                   explain_min_score=explain_min_score, refine_steps=refine_steps)
     H, W = scenes.images.shape[1:3]
     boxes, scores = [d.boxes for d in dets], [d.scores for d in dets]
     metrics = evaluate_detections(boxes, scores, scenes.boxes, image_sizes=[(H, W)] * len(scenes))

@@ -420,7 +420,7 @@ class Trainer:
         stop = False
         if self.rank == 0:
             metrics = evaluate(self.model, self.val, batch_size=cfg.eval.batch_size, sample=cfg.eval.sample,
-                               box_mode=cfg.eval.box_mode)
+                               box_mode=cfg.eval.box_mode, refine_steps=0)
             ap = metrics["spair_AP"]
             improved = ap > self.best["ap"]
             if improved:
@@ -464,7 +464,7 @@ class Trainer:
             test = self._given["test"] or load_test(self.cfg)
             if test is not None:
                 t = evaluate(best, test, batch_size=self.cfg.eval.batch_size, sample=self.cfg.eval.sample,
-                             box_mode=self.cfg.eval.box_mode)
+                             box_mode=self.cfg.eval.box_mode, refine_steps=self.cfg.eval.refine_steps)
                 summary["test"] = t
                 self._log(f"test ({len(test)} scenes): SPAIR-AP {t['spair_AP']:.3f}  COCO AP[.1:.9] {t['coco_AP[.1:.9]']:.3f}  "
                           f"AP@.5 {t['coco_AP@.5']:.3f}  count |err| {t['count_abs_error']:.3f}  "
