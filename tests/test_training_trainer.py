@@ -66,7 +66,7 @@ def test_presets_keep_the_paper_grid_where_the_experiments_start():
     a, b = to_dict(cpu), to_dict(demo)
     assert (cpu.data.n_val, demo.data.n_val, pre.data.n_val) == (125, 500, 500)
     assert (cpu.data.val_n_objects, demo.data.val_n_objects, pre.data.val_n_objects) == (None, (5, 5), None)
-    assert (cpu.optim.max_steps, demo.optim.max_steps) == (4000, 5000)
+    assert (cpu.optim.max_steps, demo.optim.max_steps, pre.optim.max_steps) == (4000, 5000, 24000)
     for part, key in (("model", "cell_size"), ("optim", "grad_noise_sampler"), ("schedule", "count_prior_final_odds"),
                       ("data", "n_val"), ("data", "val_n_objects"), ("optim", "max_steps")):
         a[part].pop(key), b[part].pop(key)

@@ -47,7 +47,7 @@ def demo() -> TrainConfig:
 
 def pretrained() -> TrainConfig:
     return apply_overrides(TrainConfig(), CPU_RECIPE + FINE_GRID + WEAKER_COUNT_PRIOR + LARGER_VALIDATION + [
-        "optim.grad_noise_sampler=flat", "optim.max_steps=12000", "eval.every=1000", "data.n_train=25000"])
+        "optim.grad_noise_sampler=flat", "optim.max_steps=24000", "eval.every=1000", "data.n_train=25000"])
 
 
 def tiny() -> TrainConfig:
