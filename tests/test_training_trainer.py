@@ -168,6 +168,15 @@ def test_resume_refuses_a_changed_config(tmp_path):
     assert summary["steps"] == 10
     after = weights(out / "last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # nor is the test-time refinement, even for a run saved before the setting existed
+    import json
+
+    saved = json.loads((out / "config.json").read_text())
+    del saved["eval"]["refine_steps"]
+    (out / "config.json").write_text(json.dumps(saved))
+    summary = Trainer(tiny("optim.max_steps=10", "eval.refine_steps=0"), out, progress=False, tensorboard=False,
+                      log=lambda s: None).fit()
+    assert summary["steps"] == 10
 
 
 def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):

@@ -127,6 +127,8 @@ class GeneralizationSettings:
     val_box_mode: Literal["ink", "window", "segment"] = param(
         "ink", help="SPAIR's boxes in the validation AP that selects each run's checkpoint")
     sample: Literal["mean", "hard"] = param("mean", help="SPAIR's inference: means or samples")
+    refine_steps: int = param(20, lo=0, help="SPAIR's test: refine the reported objects' latents for this many "
+                                             "steps before reading their boxes (spair.models.refine; 0 = off)")
     num_threads: int = param(0, lo=0, help="torch CPU threads (0 = torch's default: all cores)")
 
     def __post_init__(self) -> None:
@@ -338,7 +340,8 @@ def evaluate_full_images(model: Any, tests: Mapping[int, Any], settings: General
                 out = run_model(model, x, settings.sample, gen, bg)
                 for m in modes:
                     dets[m] += detections_from_output(model, out, m, 0.5, INK_THRESHOLD,
-                                                      use_samples=settings.sample != "mean", x=x)
+                                                      use_samples=settings.sample != "mean", x=x,
+                                                      refine_steps=settings.refine_steps)
             sizes = [tuple(scenes.images.shape[1:3])] * len(scenes)
             for m in modes:
                 metrics = evaluate_detections([d.boxes for d in dets[m]], [d.scores for d in dets[m]], scenes.boxes,
@@ -828,7 +831,8 @@ def plot_examples(path: str | Path, lines: Sequence[Line], state: dict[str, Any]
         if not runs:
             continue
         ckpt = Path(runs[0]["run"]) / runs[0].get("checkpoint", "best.pt")
-        detector = SpairDetector(model=load_model(ckpt), box_mode=settings.box_mode, sample=settings.sample)
+        detector = SpairDetector(model=load_model(ckpt), box_mode=settings.box_mode, sample=settings.sample,
+                                 refine_steps=settings.refine_steps)
         dets = detector.detect(images, backgrounds)
         for i, n in enumerate(ns):
             grid_images.append(images[i])

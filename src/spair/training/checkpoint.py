@@ -57,8 +57,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-#: Settings of how a run executes rather than what it computes: a run may resume with others.
-RUNTIME_SETTINGS = ("num_threads", "device", "max_minutes")
+#: Settings of how a run executes or is tested rather than what it trains: a run may resume with others
+#: (``refine_steps`` only changes how the test scenes are read after training, never a training step).
+RUNTIME_SETTINGS = ("num_threads", "device", "max_minutes", "refine_steps")
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
