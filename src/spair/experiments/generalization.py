@@ -320,7 +320,7 @@ def evaluate_full_images(model: Any, tests: Mapping[int, Any], settings: General
     import torch
 
     from ..metrics import evaluate_detections
-    from ..models.spair_detector import INK_THRESHOLD, detections_from_output, run_model, to_tensor
+    from ..models.spair_detector import INK_THRESHOLD, object_detections, reported_objects, run_model, to_tensor
 
     modes = (settings.box_mode, other_box_mode(settings.box_mode))
     was_training = model.training
@@ -338,10 +338,11 @@ def evaluate_full_images(model: Any, tests: Mapping[int, Any], settings: General
                 bg = (torch.from_numpy(scenes.backgrounds[start:stop]).float().div(255.0).to(device)
                       if given else None)
                 out = run_model(model, x, settings.sample, gen, bg)
+                # one selection (and refinement) of the reported objects, read in both box modes
+                out, keep = reported_objects(model, out, 0.5, INK_THRESHOLD, use_samples=settings.sample != "mean",
+                                             x=x, refine_steps=settings.refine_steps)
                 for m in modes:
-                    dets[m] += detections_from_output(model, out, m, 0.5, INK_THRESHOLD,
-                                                      use_samples=settings.sample != "mean", x=x,
-                                                      refine_steps=settings.refine_steps)
+                    dets[m] += object_detections(model, out, keep, m, INK_THRESHOLD, x)
             sizes = [tuple(scenes.images.shape[1:3])] * len(scenes)
             for m in modes:
                 metrics = evaluate_detections([d.boxes for d in dets[m]], [d.scores for d in dets[m]], scenes.boxes,

@@ -224,16 +224,12 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
 
 
 @torch.no_grad()
-def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "segment",
-                           min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
-                           use_samples: bool = False, x: torch.Tensor | None = None,
-                           dedup_iou: float | None = DEDUP_IOU,
-                           explain_min_score: float | None = EXPLAIN_MIN_SCORE,
-                           refine_steps: int = 0) -> list[Detections]:
-    """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
-    input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
-    ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
-    ``use_samples`` it is not applied) and by ``refine_steps`` (not applied with ``use_samples``)."""
+def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
+                     use_samples: bool = False, x: torch.Tensor | None = None, dedup_iou: float | None = DEDUP_IOU,
+                     explain_min_score: float | None = EXPLAIN_MIN_SCORE,
+                     refine_steps: int = 0) -> tuple[SpairOutput, torch.Tensor]:
+    """The objects a forward pass reports, (B, N) bool, and the output their boxes are read from
+    (``out`` itself, or its copy with refined latents). See :func:`detections_from_output`."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
     if dedup_iou is not None and x is not None:
@@ -242,6 +238,13 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
         keep = keep | unexplained_objects(model, out, x, keep, explain_min_score, ink_threshold=ink_threshold)
     if refine_steps and x is not None and not use_samples:
         out = refine_latents(model, out, x, keep, refine_steps)
+    return out, keep
+
+
+@torch.no_grad()
+def object_detections(model: Spair, out: SpairOutput, keep: torch.Tensor, box_mode: BoxMode = "segment",
+                      ink_threshold: float = INK_THRESHOLD, x: torch.Tensor | None = None) -> list[Detections]:
+    """Per-image detections of the objects ``keep`` (B, N) with boxes of ``box_mode``."""
     boxes = window_boxes_px(out)
     if box_mode in ("ink", "segment"):
         ink, found = ink_boxes_px(model, out, ink_threshold)
@@ -253,8 +256,27 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
             boxes = torch.where(found[..., None], seg.to(boxes.dtype), boxes)
     elif box_mode != "window":
         raise ConfigError(f"unknown box mode '{box_mode}' (use 'segment', 'ink' or 'window')")
+    prob = out.pres_prob.squeeze(-1)
     boxes_np, prob_np, keep_np = boxes.cpu().numpy(), prob.cpu().numpy(), keep.cpu().numpy()
     return [Detections(boxes_np[b][keep_np[b]], prob_np[b][keep_np[b]]) for b in range(len(boxes_np))]
+
+
+@torch.no_grad()
+def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "segment",
+                           min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
+                           use_samples: bool = False, x: torch.Tensor | None = None,
+                           dedup_iou: float | None = DEDUP_IOU,
+                           explain_min_score: float | None = EXPLAIN_MIN_SCORE,
+                           refine_steps: int = 0) -> list[Detections]:
+    """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
+    input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
+    ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
+    ``use_samples`` it is not applied) and by ``refine_steps`` (not applied with ``use_samples``).
+    :func:`reported_objects` then :func:`object_detections`; call those two to read several box modes
+    from one selection and refinement."""
+    out, keep = reported_objects(model, out, min_score, ink_threshold, use_samples, x, dedup_iou, explain_min_score,
+                                 refine_steps)
+    return object_detections(model, out, keep, box_mode, ink_threshold, x)
 
 
 @torch.no_grad()
