@@ -106,7 +106,9 @@ def evaluate_step(ctx: DemoContext) -> None:
     test = ctx.state["test"]
     model = load_model(ctx.state["run_dir"] / "best.pt")
     ctx.state["model"] = model
-    spair = evaluate_spair(model, test)
+    # the trainer has already tested the best checkpoint on these scenes (the same evaluation with the
+    # preset's settings); evaluate again only if it did not
+    spair = ctx.state["train_summary"].get("test") or evaluate_spair(model, test)
     spair_paper = evaluate_spair(model, test, sample="hard", box_mode="window")
     ctx.state["spair_detections"] = predict(model, test.images[:GRID_IMAGES], backgrounds=test.backgrounds[:GRID_IMAGES])
     cc_dets = detect_scenes(ConnCompDetector(tau=ctx.state["tau"]), test, progress=ctx.progress)
