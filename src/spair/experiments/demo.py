@@ -82,6 +82,7 @@ def train(ctx: DemoContext) -> None:
     run_dir = ctx.out / "train"
     trainer = Trainer(cfg, run_dir, progress=ctx.show_training_progress, tensorboard=True,
                       log=lambda s: ctx.log("    " + s), test_data=ctx.state["test"])
+    ctx.state["train_config"] = cfg
     ctx.state["train_summary"] = trainer.fit()
     ctx.state["run_dir"] = run_dir
     ctx.files["training run (best.pt, metrics.jsonl, tb/)"] = run_dir
@@ -100,15 +101,19 @@ def tune(ctx: DemoContext) -> None:
 def evaluate_step(ctx: DemoContext) -> None:
     from ..models.conncomp import ConnCompDetector
     from ..models.io import load_model
+    from ..training.config import EvalConfig
     from ..training.evaluate import evaluate as evaluate_spair
     from ..training.evaluate import predict
 
     test = ctx.state["test"]
     model = load_model(ctx.state["run_dir"] / "best.pt")
     ctx.state["model"] = model
-    # the trainer has already tested the best checkpoint on these scenes (the same evaluation with the
-    # preset's settings); evaluate again only if it did not
-    spair = ctx.state["train_summary"].get("test") or evaluate_spair(model, test)
+    # the trainer has already tested the best checkpoint on these scenes; reuse that unless the run's
+    # evaluation settings differ from evaluate()'s defaults (the EvalConfig defaults), which this row reports
+    ev, default = ctx.state["train_config"].eval, EvalConfig()
+    same = all(getattr(ev, k) == getattr(default, k) for k in ("sample", "box_mode", "batch_size", "refine_steps"))
+    trainer_test = ctx.state["train_summary"].get("test")
+    spair = trainer_test if same and trainer_test else evaluate_spair(model, test)
     spair_paper = evaluate_spair(model, test, sample="hard", box_mode="window")
     ctx.state["spair_detections"] = predict(model, test.images[:GRID_IMAGES], backgrounds=test.backgrounds[:GRID_IMAGES])
     cc_dets = detect_scenes(ConnCompDetector(tau=ctx.state["tau"]), test, progress=ctx.progress)
