@@ -148,7 +148,8 @@ def test_detector_on_mixed_sizes():
     assert len(out) == 4
     for im, d in zip(images, out):
         H, W = im.shape[:2]
-        assert 1 <= len(d) <= model_cells(det.model, H, W)  # min_score 0: every cell but duplicates
+        # min_score 0: every cell but duplicates, and a split move can make one object two
+        assert 1 <= len(d) <= 2 * model_cells(det.model, H, W)
         assert np.all((d.scores >= 0) & (d.scores <= 1))
         assert np.all(d.boxes[:, [0, 2]] <= W) and np.all(d.boxes[:, [1, 3]] <= H) and np.all(d.boxes >= 0)
 

@@ -218,6 +218,22 @@ def test_render_windowed_matches_the_literal_reference():
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-10)
 
 
+def test_render_terms_of_disjoint_sprite_sets_add_up_to_the_image():
+    """render_terms: the sums of two sets of sprites add to the sums of both, which give the image."""
+    from spair.ops.render import render_terms
+
+    rgb, alpha, depth, boxes, bg, (H, W) = random_scene(6)
+    imp = (alpha * depth).clamp(min=0.01)
+    ref = render(rgb, alpha, imp, boxes, bg, (H, W))
+    first, second = slice(0, 4), slice(4, None)
+    a = render_terms(rgb[:, first], alpha[:, first], imp[:, first], boxes[:, first], (H, W))
+    b = render_terms(rgb[:, second], alpha[:, second], imp[:, second], boxes[:, second], (H, W))
+    num, mass, den = (p + q for p, q in zip(a, b))
+    assert num.shape == (2, 3, H, W) and mass.shape == den.shape == (2, 1, H, W)
+    image = bg + (num - mass * bg) / den.clamp(min=1e-12)
+    np.testing.assert_allclose(image.numpy(), ref.numpy(), atol=1e-12)
+
+
 def test_render_windowed_takes_a_per_pixel_background():
     rgb, alpha, depth, boxes, _, hw = random_scene(4)
     bg = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

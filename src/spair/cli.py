@@ -306,6 +306,16 @@ def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _split_gain(text: str) -> float | None:
+    """``--split-min-gain``: a finite number of nats >= 0, or 'off' (None)."""
+    if text.strip().lower() == "off":
+        return None
+    return _float_in(0.0)(text)
+
+
+_split_gain.__name__ = "number or 'off'"
+
+
 def _float_in(lo: float, hi: float | None = None) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -398,6 +408,9 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--refine-steps", type=_int_in(0, 10000), default=20, metavar="T",
                        help="spair: refine the reported objects' latents on each image for T gradient steps "
                             "before reading their boxes (sharper boxes; 0: off; only with --sample mean)")
+    group.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
+                       help="spair, with refinement: replace an object by two when two explain the image better "
+                            "by more than G nats (merged overlapping digits; 'off': never)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
@@ -405,7 +418,8 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
 def _spair_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": None if args.checkpoint is None else str(args.checkpoint), "box_mode": args.box_mode,
             "min_score": float(args.min_score), "sample": args.sample,
-            "explain_min_score": float(args.explain_min_score), "refine_steps": int(args.refine_steps)}
+            "explain_min_score": float(args.explain_min_score), "refine_steps": int(args.refine_steps),
+            "split_min_gain": args.split_min_gain}
 
 
 register_method(Method("spair", "the SPAIR model (pretrained, or --checkpoint)", _spair_arguments, _spair_options))
@@ -1137,6 +1151,9 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=_int_in(10, 1_000_000), default=1000, help="test scenes per case")
     p.add_argument("--refine-steps", type=_int_in(0, 10000), default=20, metavar="T",
                    help="refine the reported objects' latents for T steps before reading the boxes (0: off)")
+    p.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
+                   help="with refinement: replace an object by two when two explain the image better by more "
+                        "than G nats ('off': never)")
     add_cache_argument(p)
 
 
@@ -1151,7 +1168,8 @@ def _experiment_pretrained(args: argparse.Namespace) -> int:
 
     check_output_file(args.out / "results.json", "--out")
     results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cache_dir=args.cache,
-                                  refine_steps=args.refine_steps, command=command_line(args),
+                                  refine_steps=args.refine_steps, split_min_gain=args.split_min_gain,
+                                  command=command_line(args),
                                   log=lambda msg: _say(args, msg))
     _say(args, results_table(results))
     return 0

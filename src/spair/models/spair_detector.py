@@ -17,7 +17,8 @@ duplicates (:func:`duplicate_objects`), plus the less probable cells (≥ ``expl
 explain input ink no reported object explains (:func:`unexplained_objects`); with ``sample="hard"``
 (the paper's stochastic evaluation) the cells whose Bernoulli sample is 1. With ``refine_steps`` > 0
 (deterministic inference only) the reported objects' latents are first refined on the image
-(:mod:`spair.models.refine`) and the boxes come from the refined sprites.
+(:mod:`spair.models.refine`), an object that two objects explain better is split in two
+(:mod:`spair.models.split`), and the boxes come from the refined sprites.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import ConfigError, DataError
 from ..ops.render import mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
 from .refine import REFINE_STEPS, refine_latents
+from .split import SPLIT_MIN_GAIN, split_objects
 from .spair import SampleMode, Spair, SpairOutput
 
 BoxMode = Literal["window", "ink", "segment"]
@@ -227,9 +229,11 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
 def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink_threshold: float = INK_THRESHOLD,
                      use_samples: bool = False, x: torch.Tensor | None = None, dedup_iou: float | None = DEDUP_IOU,
                      explain_min_score: float | None = EXPLAIN_MIN_SCORE,
-                     refine_steps: int = 0) -> tuple[SpairOutput, torch.Tensor]:
-    """The objects a forward pass reports, (B, N) bool, and the output their boxes are read from
-    (``out`` itself, or its copy with refined latents). See :func:`detections_from_output`."""
+                     refine_steps: int = 0, split_min_gain: float | None = SPLIT_MIN_GAIN
+                     ) -> tuple[SpairOutput, torch.Tensor]:
+    """The objects a forward pass reports, (B, N + E) bool, and the output their boxes are read from
+    (``out`` itself, or its copy with refined latents and E ≥ 0 slots for split objects). See
+    :func:`detections_from_output`."""
     prob = out.pres_prob.squeeze(-1)                                          # (B, N)
     keep = out.z_pres.squeeze(-1) > 0.5 if use_samples else prob >= min_score
     if dedup_iou is not None and x is not None:
@@ -238,6 +242,11 @@ def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink
         keep = keep | unexplained_objects(model, out, x, keep, explain_min_score, ink_threshold=ink_threshold)
     if refine_steps and x is not None and not use_samples:
         out = refine_latents(model, out, x, keep, refine_steps)
+        if split_min_gain is not None:
+            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold)
+            extents = torch.where(found[..., None], seg.to(out.boxes.dtype), window_boxes_px(out))
+            out, keep = split_objects(model, out, x, keep, extents, split_min_gain, refine_steps)
+            out = refine_latents(model, out, x, keep, max(1, refine_steps // 2))   # all objects together again
     return out, keep
 
 
@@ -267,15 +276,18 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
                            use_samples: bool = False, x: torch.Tensor | None = None,
                            dedup_iou: float | None = DEDUP_IOU,
                            explain_min_score: float | None = EXPLAIN_MIN_SCORE,
-                           refine_steps: int = 0) -> list[Detections]:
+                           refine_steps: int = 0, split_min_gain: float | None = SPLIT_MIN_GAIN) -> list[Detections]:
     """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
     input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
     ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
     ``use_samples`` it is not applied) and by ``refine_steps`` (not applied with ``use_samples``).
+    With refinement, ``split_min_gain`` (None: off) turns on the split moves of :mod:`spair.models.split`
+    (an object that two objects explain better by more than that many nats becomes two), after which
+    all reported objects are refined together for ``refine_steps // 2`` more steps.
     :func:`reported_objects` then :func:`object_detections`; call those two to read several box modes
     from one selection and refinement."""
     out, keep = reported_objects(model, out, min_score, ink_threshold, use_samples, x, dedup_iou, explain_min_score,
-                                 refine_steps)
+                                 refine_steps, split_min_gain)
     return object_detections(model, out, keep, box_mode, ink_threshold, x)
 
 
@@ -310,7 +322,8 @@ class SpairDetector:
     def __init__(self, checkpoint: str | None = None, box_mode: BoxMode = "segment", min_score: float = 0.5,
                  batch_size: int = 32, sample: SampleMode = "mean", seed: int = 0, device: str = "cpu",
                  ink_threshold: float = INK_THRESHOLD, model: Spair | None = None,
-                 explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS):
+                 explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
+                 split_min_gain: float | None = SPLIT_MIN_GAIN):
         from .io import load_model
 
         if not 0.0 <= min_score <= 1.0:
@@ -327,6 +340,9 @@ class SpairDetector:
         if refine_steps < 0:
             raise ConfigError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = refine_steps
+        if split_min_gain is not None and not split_min_gain >= 0.0:
+            raise ConfigError(f"split_min_gain must be >= 0 (inf: no split), got {split_min_gain}")
+        self.split_min_gain = split_min_gain
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def detect(self, images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray] | None = None) -> list[Detections]:
@@ -350,7 +366,7 @@ class SpairDetector:
                 dets = detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
                                               use_samples=self.sample != "mean", x=x,
                                               explain_min_score=self.explain_min_score,
-                                              refine_steps=self.refine_steps)
+                                              refine_steps=self.refine_steps, split_min_gain=self.split_min_gain)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]

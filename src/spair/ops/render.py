@@ -325,10 +325,30 @@ def render_windowed(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Te
     return torch.cat(parts, 0)
 
 
+def render_terms(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
+                 out_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three sums of (R3) over the sprites, each sprite over its own window: Σ w·α·S_rgb (B, 3, H, W),
+    Σ w·α·m and Σ w (B, 1, H, W). The image is ``bg + (num − mass·bg) / den`` where den > 0; sums of
+    disjoint sets of sprites add, so a part of a scene can be rendered once and reused. Arguments as
+    for :func:`render`; ``out_hw`` may be any canvas whose pixel grid the boxes are normalized to."""
+    B, N, _, sh, sw = rgb.shape
+    wh, ww = render_window(out_hw, (sh, sw), largest_box_px(boxes, out_hw))
+    return _window_terms(rgb, alpha, importance, boxes, out_hw, (wh, ww))
+
+
 def _render_windows(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
                     background: torch.Tensor, out_hw: tuple[int, int], win_hw: tuple[int, int]) -> torch.Tensor:
     """(R3) with every sprite sampled over a ``win_hw`` window inside the image (the whole image
     when ``win_hw`` equals it)."""
+    B, H, W = rgb.shape[0], *out_hw
+    num, mass, den = _window_terms(rgb, alpha, importance, boxes, out_hw, win_hw)
+    bg = background.expand(B, 3, H, W)
+    return bg + (num - mass * bg) / den.clamp(min=1e-12)
+
+
+def _window_terms(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
+                  out_hw: tuple[int, int], win_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Σ w·α·S_rgb, Σ w·α·m and Σ w of (R3), every sprite sampled over a ``win_hw`` window inside the image."""
     B, N, _, sh, sw = rgb.shape
     H, W = out_hw
     wh, ww = win_hw
@@ -348,8 +368,5 @@ def _render_windows(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Te
     wa = s_w * s_alpha                                                        # (B,N,1,wh,ww)
     terms = (wa * s_rgb, wa * m[:, :, None], s_w)                             # Σ wα·S_rgb, Σ wα·m, Σ w
     if full:
-        num, mass, den = (t.sum(1) for t in terms)                            # (B,3|1|1,H,W)
-    else:
-        num, mass, den = add_windows(torch.cat(terms, 2), y0, x0, out_hw).split((3, 1, 1), dim=1)
-    bg = background.expand(B, 3, H, W)
-    return bg + (num - mass * bg) / den.clamp(min=1e-12)
+        return tuple(t.sum(1) for t in terms)                                 # type: ignore[return-value]
+    return add_windows(torch.cat(terms, 2), y0, x0, out_hw).split((3, 1, 1), dim=1)  # type: ignore[return-value]

@@ -6,7 +6,8 @@ test time, z_pres a Bernoulli sample). Both are scored by the same metrics
 (``spair.metrics.evaluate_detections``: SPAIR-AP with confidence 1, COCO AP with the presence
 probability as score, count errors with the number of reported boxes). ``refine_steps`` > 0
 refines the reported objects' latents on each image before their boxes are read
-(``spair.models.refine``; deterministic inference only).
+(``spair.models.refine``; deterministic inference only), with the split moves of
+``spair.models.split`` unless ``split_min_gain`` is None.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..models.spair import SampleMode, Spair
 from ..models.refine import REFINE_STEPS
 from ..models.spair_detector import (EXPLAIN_MIN_SCORE, INK_THRESHOLD, BoxMode, detections_from_output,
                                      run_model)
+from ..models.split import SPLIT_MIN_GAIN
 
 
 @torch.no_grad()
@@ -30,7 +32,8 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
             box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
             backgrounds: np.ndarray | None = None, ink_threshold: float = INK_THRESHOLD,
             device: str | torch.device | None = None,
-            explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS) -> list[Detections]:
+            explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
+            split_min_gain: float | None = SPLIT_MIN_GAIN) -> list[Detections]:
     """Detections for uint8 images (N, H, W, 3) of one size."""
     was_training = model.training
     model.eval()
@@ -49,7 +52,7 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
         out = run_model(model, x, sample, gen, bg)
         out_dets += detections_from_output(model, out, box_mode, min_score, ink_threshold,
                                            use_samples=sample != "mean", x=x, explain_min_score=explain_min_score,
-                                           refine_steps=refine_steps)
+                                           refine_steps=refine_steps, split_min_gain=split_min_gain)
     model.train(was_training)
     return out_dets
 
@@ -57,14 +60,15 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
 def evaluate(model: Spair, scenes: Scenes, *, batch_size: int = 100, sample: SampleMode = "mean",
              box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
              ink_threshold: float = INK_THRESHOLD,
-             explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS) -> dict[str, Any]:
+             explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
+             split_min_gain: float | None = SPLIT_MIN_GAIN) -> dict[str, Any]:
     """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size).
 
     ``spair_AP`` is the paper's protocol with confidence 1 for every reported box;
     ``spair_ranked_AP`` is the same protocol ranking the boxes by presence probability."""
     dets = predict(model, scenes.images, batch_size=batch_size, sample=sample, box_mode=box_mode,
                    min_score=min_score, seed=seed, backgrounds=scenes.backgrounds, ink_threshold=ink_threshold,
-                   explain_min_score=explain_min_score, refine_steps=refine_steps)
+                   explain_min_score=explain_min_score, refine_steps=refine_steps, split_min_gain=split_min_gain)
     H, W = scenes.images.shape[1:3]
     boxes, scores = [d.boxes for d in dets], [d.scores for d in dets]
     metrics = evaluate_detections(boxes, scores, scenes.boxes, image_sizes=[(H, W)] * len(scenes))

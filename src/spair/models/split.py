@@ -1,0 +1,227 @@
+"""Split moves: a reported object that draws two overlapping digits is replaced by two objects.
+
+A cell of SPAIR reports one object, and where two digits overlap or touch, one cell often draws
+both with one blurry sprite while the neighbouring cells stay off; the digit that has no object of
+its own is then missed at every IoU threshold. Refinement (:mod:`spair.models.refine`) cannot fix
+this: it keeps the set of objects fixed.
+
+A split move asks the model itself whether two objects explain the image better than one. For each
+reported object (the *parent*), with all other objects held fixed:
+
+1. Four proposals place two children along the parent's pixel extent: side by side, one above the
+   other, and along both diagonals, each child centred a quarter of the extent from the centre, with
+   a window 0.65 (0.75 on the diagonals) of the parent's along the split.
+2. Each child's z_what starts at the object encoder's mean for a glimpse at its box (paper 4.3's
+   e^obj), its depth at the parent's; the children's z_what, boxes (a ``box_std_px`` Gaussian pull
+   towards the proposal) and depth factors take ``steps`` Adam steps on the same objective as
+   refinement.
+3. The objective J = −log p(x | z) + ½‖z_what‖² summed over the objects (the box pull is left out:
+   it only anchors the search) is compared on a crop around the parent, where the parent or its
+   children can draw. The best proposal replaces the parent when it lowers J by more than
+   ``min_gain`` nats, the price of one more object (a model-selection penalty, chosen on validation
+   scenes: docs/cpu-recipe.md, "Split moves"). An image of one digit is never split at the default.
+
+The other objects of the image are rendered once per parent into the crop (their sums of
+:func:`spair.ops.render.render_terms` are added to the children's at every step), so a proposal
+costs two sprites per step, whatever the number of objects. The children are new slots appended to
+the output's per-cell tensors (they copy the parent's presence probability and cell fields); the
+network's weights do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..ops.render import extract_glimpses, render_terms
+from .refine import REFINE_LR, REFINE_STEPS, REFINE_WHAT_PRIOR, _frozen, _take
+from .spair import Spair, SpairOutput
+
+SPLIT_MIN_GAIN = 30.0
+"""Nats by which two children must lower the objective to replace their parent."""
+SPLIT_BOX_STD_PX = 4.0
+"""Pull of each child's box towards its proposal, pixels per coordinate."""
+SPLIT_SCREEN_STEPS = 5
+SPLIT_SCREEN_GAIN = 0.0
+"""After ``SPLIT_SCREEN_STEPS`` steps only the parents with a proposal that lowers J by more than this go on."""
+
+#: The proposals: child offsets from the parent's centre in units of its extent (dy, dx), and the
+#: children's window size as a fraction of the parent's (fh, fw). Child 1 is at −offset, child 2 at +.
+PROPOSALS = ((0.0, 0.25, 1.0, 0.65), (0.25, 0.0, 0.65, 1.0), (0.25, 0.25, 0.75, 0.75), (0.25, -0.25, 0.75, 0.75))
+
+#: Per-cell fields of :class:`~spair.models.spair.SpairOutput` that get a slot for each child.
+_CELL_FIELDS = ("z_where", "boxes", "z_what", "z_depth", "z_pres", "pres_logit", "pres_prob", "glimpses")
+
+
+def _crop_boxes(boxes: torch.Tensor, image_hw: tuple[int, int], origin: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalized image boxes (M, K, 4) → normalized to a ``size`` square crop at pixel ``origin`` (M, 2)."""
+    H, W = image_hw
+    y = (boxes[..., 0] * H - origin[:, None, 0]) / size
+    x = (boxes[..., 1] * W - origin[:, None, 1]) / size
+    return torch.stack([y, x, boxes[..., 2] * H / size, boxes[..., 3] * W / size], -1)
+
+
+def _terms(model: Spair, z_what: torch.Tensor, boxes: torch.Tensor, depth: torch.Tensor, gate: torch.Tensor,
+           hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rendering sums of the objects (M, K) where ``gate`` (M, K) is 1, over an ``hw`` canvas."""
+    rgb, alpha = model.decode_sprites(z_what)
+    g = gate[..., None, None, None]
+    gated = alpha * g
+    importance = (gated * depth[..., None, None]).clamp(min=model.cfg.importance_floor) * g
+    return render_terms(rgb, gated, importance, boxes, hw)
+
+
+def _nll(x: torch.Tensor, bg: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Bernoulli −log p(x | z) of each crop (M,), from summed rendering terms."""
+    num, mass, den = terms
+    recon = (bg + (num - mass * bg) / den.clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
+    return -(x * recon.log() + (1 - x) * (1 - recon).log()).flatten(1).sum(1)
+
+
+def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, extents: torch.Tensor,
+                  min_gain: float = SPLIT_MIN_GAIN, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
+                  box_std_px: float = SPLIT_BOX_STD_PX, what_prior: float = REFINE_WHAT_PRIOR,
+                  screen_steps: int = SPLIT_SCREEN_STEPS) -> tuple[SpairOutput, torch.Tensor]:
+    """Split the present objects (``present`` (B, N) bool) that two objects explain better (module
+    docstring). ``extents`` (B, N, 4) are the pixel boxes (x0, y0, x1, y1) of the image pixels each
+    object explains (the segment boxes). Returns the output, with E ≥ 0 appended slots, and the
+    present mask (B, N + E); ``out`` and ``present`` themselves when nothing splits."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if out.background is None:
+        raise ValueError("split moves need the background colour (out.background)")
+    if not bool(present.any()) or math.isinf(min_gain):
+        return out, present
+    B, N = present.shape
+    H, W = out.image_hw
+    dev, dt = x.device, torch.float32
+    K = int(present.sum(1).max())
+    index = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :K]   # present cells first
+    valid = present.gather(1, index)
+    what, boxes, depth = (_take(t, index).detach().to(dt) for t in (out.z_what, out.boxes, out.z_depth))
+    ext = _take(extents.to(dt), index)
+    bg_all = out.background.detach().to(dt)
+
+    # parents: every present object; P = number of them
+    pb, ps = valid.nonzero(as_tuple=True)
+    P = pb.numel()
+    parent_box = boxes[pb, ps]                                                 # (P, 4) normalized
+    e = ext[pb, ps]                                                            # (P, 4) px x0, y0, x1, y1
+    cy, cx = (e[:, 1] + e[:, 3]) / 2, (e[:, 0] + e[:, 2]) / 2                  # px
+    ey, ex = e[:, 3] - e[:, 1], e[:, 2] - e[:, 0]
+
+    # one crop per parent: a square of the largest parent window plus 4 px a side, inside the image
+    side = float(torch.maximum(parent_box[:, 2] * H, parent_box[:, 3] * W).max())
+    size = int(min(H, W, math.ceil(side) + 8))
+    origin = torch.stack([(cy - size / 2).round().clamp(0, H - size), (cx - size / 2).round().clamp(0, W - size)], 1)
+    rows = (origin[:, 0, None] + torch.arange(size, device=dev)).long()        # (P, size)
+    cols = (origin[:, 1, None] + torch.arange(size, device=dev)).long()
+    ar = torch.arange(P, device=dev)
+    xc = x.to(dt)[pb[:, None, None, None], torch.arange(x.shape[1], device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]              # (P, 3, size, size)
+    bg = bg_all[pb]                                                            # (P, 3, 1, 1)
+
+    with torch.no_grad():
+        # the other objects of each parent's image, and the parent alone, rendered into its crop
+        others = valid[pb].clone()
+        others[ar, ps] = False
+        crop_all = _crop_boxes(boxes[pb], (H, W), origin, size)
+        fixed = _terms(model, what[pb], crop_all, depth[pb], others.to(dt), (size, size))
+        alone = _terms(model, what[pb, ps][:, None], crop_all[ar, ps][:, None],
+                       depth[pb, ps][:, None], torch.ones(P, 1, device=dev), (size, size))
+        j_base = _nll(xc, bg, tuple(f + a for f, a in zip(fixed, alone))) \
+            + 0.5 * what_prior * what[pb, ps].square().sum(-1)
+
+        # the proposals: (P·4) hypotheses of two children each
+        prop = torch.tensor(PROPOSALS, dtype=dt, device=dev)                   # (4, 4)
+        R = prop.shape[0]
+        dy = (prop[None, :, 0] * ey[:, None]).reshape(-1)
+        dx = (prop[None, :, 1] * ex[:, None]).reshape(-1)
+        ch = (prop[None, :, 2] * parent_box[:, None, 2] * H).reshape(-1)        # px
+        cw = (prop[None, :, 3] * parent_box[:, None, 3] * W).reshape(-1)
+        ccy, ccx = cy.repeat_interleave(R), cx.repeat_interleave(R)
+        sign = torch.tensor([-1.0, 1.0], dtype=dt, device=dev)
+        child_px = torch.stack([ccy[:, None] + sign * dy[:, None] - ch[:, None] / 2,
+                                ccx[:, None] + sign * dx[:, None] - cw[:, None] / 2,
+                                ch[:, None].expand(-1, 2), cw[:, None].expand(-1, 2)], -1)   # (P·R, 2, 4) px
+        scale = child_px.new_tensor([H, W, H, W])
+        child0 = child_px / scale                                              # normalized image boxes
+        glimpses = extract_glimpses(x[pb].to(dt), child0.reshape(P, 2 * R, 4), model.cfg.object_shape)
+        what0 = model.obj_encoder(glimpses.flatten(2)).to(dt)[..., :model.cfg.A].reshape(P * R, 2, -1)
+        depth0 = depth[pb, ps].repeat_interleave(R, 0)[:, None].expand(-1, 2, -1)
+    # the state of every hypothesis (R per parent, contiguous), cut down to the promising ones below
+    hyp = {"parent": ar.repeat_interleave(R), "child0": child0, "depth0": depth0, "origin": origin.repeat_interleave(R, 0),
+           "x": xc.repeat_interleave(R, 0), "bg": bg.repeat_interleave(R, 0), "j_base": j_base.repeat_interleave(R),
+           **{f"fixed{k}": t.repeat_interleave(R, 0) for k, t in enumerate(fixed)}}
+    params = [what0.clone().requires_grad_(True),                              # z_what of both children
+              torch.zeros_like(child0, requires_grad=True),                    # box change in px (y, x, h, w)
+              torch.zeros_like(depth0, requires_grad=True)]                    # depth × exp(log_depth)
+    min_size = 1.0 / max(H, W)
+
+    def children() -> torch.Tensor:
+        b = hyp["child0"] + params[1] / scale
+        return torch.cat([b[..., :2], b[..., 2:].clamp(min=min_size)], -1)
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        z_what, delta, log_depth = params
+        t = _terms(model, z_what, _crop_boxes(children(), (H, W), hyp["origin"], size),
+                   hyp["depth0"] * log_depth.exp(), torch.ones(z_what.shape[:2], device=dev, dtype=dt), (size, size))
+        fixed_terms = (hyp["fixed0"], hyp["fixed1"], hyp["fixed2"])
+        j = _nll(hyp["x"], hyp["bg"], tuple(f + c for f, c in zip(fixed_terms, t))) \
+            + 0.5 * what_prior * z_what.square().sum((-2, -1))
+        return j, 0.5 * (delta / box_std_px).square().sum((-2, -1))
+
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad(), _frozen(model):
+        for step in range(steps):
+            if step == screen_steps:
+                # screening: only parents with a proposal that already lowers J go on (module docstring)
+                with torch.no_grad():
+                    gain = (hyp["j_base"] - objective()[0]).view(-1, R).amax(1)
+                sel = (gain > SPLIT_SCREEN_GAIN).repeat_interleave(R)
+                if not bool(sel.any()):
+                    return out, present
+                hyp = {k: v[sel] for k, v in hyp.items()}
+                old, params = params, [p.detach()[sel].requires_grad_(True) for p in params]
+                moments = [opt.state[p] for p in old]
+                opt = torch.optim.Adam(params, lr=lr)
+                for p, st in zip(params, moments):                          # Adam goes on where it was
+                    opt.state[p] = {k: (v[sel] if v.dim() else v.clone()) for k, v in st.items()}
+            j, pull = objective()
+            opt.zero_grad(set_to_none=True)
+            (j + pull).sum().backward()
+            opt.step()
+    with torch.no_grad():
+        j_split, _ = objective()
+        gain = (hyp["j_base"] - j_split).view(-1, R)
+        best_gain, best = gain.max(1)
+        accept = best_gain > min_gain
+        if not bool(accept.any()):
+            return out, present
+        pick = torch.arange(gain.shape[0], device=dev) * R + best             # hypothesis of each parent
+        c_what, c_box = params[0][pick], children()[pick]
+        c_depth = (hyp["depth0"] * params[2].exp())[pick]
+        parent = hyp["parent"][pick]
+
+        # the parent's cell takes child 1; child 2 gets a new slot copying the parent's cell fields
+        acc = accept.nonzero(as_tuple=True)[0]
+        img, cell = pb[parent[acc]], index[pb[parent[acc]], ps[parent[acc]]]
+        rank = torch.zeros_like(img)
+        for i in range(1, img.numel()):
+            rank[i] = rank[i - 1] + 1 if img[i] == img[i - 1] else 0
+        E = int(rank.max()) + 1
+        slot = N + rank
+        src = torch.zeros(B, E, dtype=torch.long, device=dev)
+        src[img, rank] = cell
+        new = {f: torch.cat([getattr(out, f), _take(getattr(out, f), src)], 1).clone() for f in _CELL_FIELDS}
+        dist_params = {k: torch.cat([v, _take(v, src)], 1) for k, v in out.params.items()}
+        for f, values in (("z_what", c_what), ("boxes", c_box), ("z_depth", c_depth)):
+            t = new[f]
+            t[img, cell] = values[acc, 0].to(t.dtype)
+            t[img, slot] = values[acc, 1].to(t.dtype)
+        keep = torch.cat([present, torch.zeros(B, E, dtype=torch.bool, device=dev)], 1)
+        keep[img, slot] = True
+        return dataclasses.replace(out, **new, params=dist_params, sprites_rgb=None, sprites_alpha=None, recon=None,
+                                   visible_ink=None), keep
