@@ -476,3 +476,14 @@ def test_spair_detection_defaults_are_the_library_constants():
     assert opts["refine_steps"] == REFINE_STEPS == EvalConfig().refine_steps
     args = build_parser().parse_args(["eval", "--data", "d", "--refine-steps", "0"])
     assert METHODS["spair"].options(args)["refine_steps"] == 0
+    from spair.models.split import SPLIT_MIN_GAIN
+
+    assert opts["split_min_gain"] == SPLIT_MIN_GAIN
+    for text, value in (("off", None), ("OFF", None), ("12.5", 12.5), ("0", 0.0)):
+        args = build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--split-min-gain", text])
+        assert METHODS["spair"].options(args)["split_min_gain"] == value
+    args = build_parser().parse_args(["experiment", "pretrained", "--split-min-gain", "off"])
+    assert args.split_min_gain is None
+    for bad in ("-1", "nan", "inf", "none"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--split-min-gain", bad])

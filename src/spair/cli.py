@@ -310,7 +310,13 @@ def _split_gain(text: str) -> float | None:
     """``--split-min-gain``: a finite number of nats >= 0, or 'off' (None)."""
     if text.strip().lower() == "off":
         return None
-    return _float_in(0.0)(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"expected a number of nats >= 0 or 'off', got '{text}'")
+    return value
 
 
 _split_gain.__name__ = "number or 'off'"

@@ -51,6 +51,9 @@ SPLIT_SCREEN_GAIN = 0.0
 #: children's window size as a fraction of the parent's (fh, fw). Child 1 is at −offset, child 2 at +.
 PROPOSALS = ((0.0, 0.25, 1.0, 0.65), (0.25, 0.0, 0.65, 1.0), (0.25, 0.25, 0.75, 0.75), (0.25, -0.25, 0.75, 0.75))
 
+#: Parents per chunk of hypotheses (bounds the memory: each parent holds 4 proposals of crop size).
+PARENT_CHUNK = 256
+
 #: Per-cell fields of :class:`~spair.models.spair.SpairOutput` that get a slot for each child.
 _CELL_FIELDS = ("z_where", "boxes", "z_what", "z_depth", "z_pres", "pres_logit", "pres_prob", "glimpses")
 
@@ -78,6 +81,112 @@ def _nll(x: torch.Tensor, bg: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> 
     num, mass, den = terms
     recon = (bg + (num - mass * bg) / den.clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
     return -(x * recon.log() + (1 - x) * (1 - recon).log()).flatten(1).sum(1)
+
+
+def _best_split(model: Spair, x: torch.Tensor, pb: torch.Tensor, ps: torch.Tensor, boxes: torch.Tensor,
+                what: torch.Tensor, depth: torch.Tensor, ext: torch.Tensor, bg_all: torch.Tensor, origin: torch.Tensor,
+                size: int, nidx: torch.Tensor, nvalid: torch.Tensor, steps: int, lr: float, box_std_px: float,
+                what_prior: float, screen_steps: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best proposal of each parent (image ``pb``, slot ``ps``; the objects' ``boxes``, ``what``,
+    ``depth``, ``ext`` (B, K, ·)): its gain in J (−inf for parents cut at screening) and its children's
+    z_what (p, 2, A), boxes (p, 2, 4) and depths (p, 2, 1)."""
+    H, W = x.shape[-2:]
+    dev, dt = x.device, torch.float32
+    P = pb.numel()
+    ar = torch.arange(P, device=dev)
+    rows = (origin[:, 0, None] + torch.arange(size, device=dev)).long()        # (P, size)
+    cols = (origin[:, 1, None] + torch.arange(size, device=dev)).long()
+    xc = x.to(dt)[pb[:, None, None, None], torch.arange(x.shape[1], device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]              # (P, C, size, size)
+    bg = bg_all[pb]                                                            # (P, C, 1, 1)
+    parent_box = boxes[pb, ps]                                                 # (P, 4) normalized
+    e = ext[pb, ps]                                                            # (P, 4) px x0, y0, x1, y1
+    cy, cx = (e[:, 1] + e[:, 3]) / 2, (e[:, 0] + e[:, 2]) / 2                  # px
+    ey, ex = e[:, 3] - e[:, 1], e[:, 2] - e[:, 0]
+
+    with torch.no_grad():
+        # the parent's neighbours, and the parent alone, rendered into its crop
+        crop_near = _crop_boxes(_take(boxes[pb], nidx), (H, W), origin, size)
+        fixed = _terms(model, _take(what[pb], nidx), crop_near, _take(depth[pb], nidx), nvalid.to(dt), (size, size))
+        crop_parent = _crop_boxes(parent_box[:, None], (H, W), origin, size)
+        alone = _terms(model, what[pb, ps][:, None], crop_parent, depth[pb, ps][:, None],
+                       torch.ones(P, 1, device=dev), (size, size))
+        j_base = _nll(xc, bg, tuple(f + a for f, a in zip(fixed, alone))) \
+            + 0.5 * what_prior * what[pb, ps].square().sum(-1)
+
+        # the proposals: P·R hypotheses of two children each
+        prop = torch.tensor(PROPOSALS, dtype=dt, device=dev)                   # (R, 4)
+        R = prop.shape[0]
+        dy = (prop[None, :, 0] * ey[:, None]).reshape(-1)
+        dx = (prop[None, :, 1] * ex[:, None]).reshape(-1)
+        ch = (prop[None, :, 2] * parent_box[:, None, 2] * H).reshape(-1)        # px
+        cw = (prop[None, :, 3] * parent_box[:, None, 3] * W).reshape(-1)
+        ccy, ccx = cy.repeat_interleave(R), cx.repeat_interleave(R)
+        sign = torch.tensor([-1.0, 1.0], dtype=dt, device=dev)
+        child_px = torch.stack([ccy[:, None] + sign * dy[:, None] - ch[:, None] / 2,
+                                ccx[:, None] + sign * dx[:, None] - cw[:, None] / 2,
+                                ch[:, None].expand(-1, 2), cw[:, None].expand(-1, 2)], -1)   # (P·R, 2, 4) px
+        scale = child_px.new_tensor([H, W, H, W])
+        child0 = child_px / scale                                              # normalized image boxes
+        glimpses = extract_glimpses(x[pb].to(dt), child0.reshape(P, 2 * R, 4), model.cfg.object_shape)
+        what0 = model.obj_encoder(glimpses.flatten(2)).to(dt)[..., :model.cfg.A].reshape(P * R, 2, -1)
+        depth0 = depth[pb, ps].repeat_interleave(R, 0)[:, None].expand(-1, 2, -1)
+
+    # the state of every hypothesis (R per parent, contiguous), cut down to the promising ones below
+    hyp = {"parent": ar.repeat_interleave(R), "child0": child0, "depth0": depth0, "origin": origin.repeat_interleave(R, 0),
+           "x": xc.repeat_interleave(R, 0), "bg": bg.repeat_interleave(R, 0), "j_base": j_base.repeat_interleave(R),
+           **{f"fixed{k}": t.repeat_interleave(R, 0) for k, t in enumerate(fixed)}}
+    params = [what0.clone().requires_grad_(True),                              # z_what of both children
+              torch.zeros_like(child0, requires_grad=True),                    # box change in px (y, x, h, w)
+              torch.zeros_like(depth0, requires_grad=True)]                    # depth × exp(log_depth)
+    min_size = 1.0 / max(H, W)
+
+    def children() -> torch.Tensor:
+        b = hyp["child0"] + params[1] / scale
+        return torch.cat([b[..., :2], b[..., 2:].clamp(min=min_size)], -1)
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        z_what, delta, log_depth = params
+        t = _terms(model, z_what, _crop_boxes(children(), (H, W), hyp["origin"], size),
+                   hyp["depth0"] * log_depth.exp(), torch.ones(z_what.shape[:2], device=dev, dtype=dt), (size, size))
+        fixed_terms = (hyp["fixed0"], hyp["fixed1"], hyp["fixed2"])
+        j = _nll(hyp["x"], hyp["bg"], tuple(f + c for f, c in zip(fixed_terms, t))) \
+            + 0.5 * what_prior * z_what.square().sum((-2, -1))
+        return j, 0.5 * (delta / box_std_px).square().sum((-2, -1))
+
+    best_gain = torch.full((P,), -math.inf, device=dev, dtype=dt)
+    c_what, c_box = what0.new_zeros(P, 2, what0.shape[-1]), child0.new_zeros(P, 2, 4)
+    c_depth = depth0.new_zeros(P, 2, depth0.shape[-1])
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad(), _frozen(model):
+        for step in range(steps):
+            if step == screen_steps:
+                # screening: only parents with a proposal that already lowers J go on (module docstring)
+                with torch.no_grad():
+                    gain = (hyp["j_base"] - objective()[0]).view(-1, R).amax(1)
+                sel = (gain > SPLIT_SCREEN_GAIN).repeat_interleave(R)
+                if not bool(sel.any()):
+                    return best_gain, c_what, c_box, c_depth
+                hyp = {k: v[sel] for k, v in hyp.items()}
+                old, params = params, [p.detach()[sel].requires_grad_(True) for p in params]
+                moments = [opt.state[p] for p in old]
+                opt = torch.optim.Adam(params, lr=lr)
+                for p, st in zip(params, moments):                          # Adam goes on where it was
+                    opt.state[p] = {k: (v[sel] if v.dim() else v.clone()) for k, v in st.items()}
+            j, pull = objective()
+            opt.zero_grad(set_to_none=True)
+            (j + pull).sum().backward()
+            opt.step()
+    with torch.no_grad():
+        gain = (hyp["j_base"] - objective()[0]).view(-1, R)
+        g, best = gain.max(1)
+        pick = torch.arange(gain.shape[0], device=dev) * R + best             # hypothesis of each parent
+        parent = hyp["parent"][pick]
+        best_gain[parent] = g
+        c_what[parent], c_box[parent] = params[0][pick].detach(), children()[pick]
+        c_depth[parent] = (hyp["depth0"] * params[2].exp())[pick].detach()
+    return best_gain, c_what, c_box, c_depth
 
 
 def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, extents: torch.Tensor,
@@ -110,104 +219,40 @@ def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torc
     parent_box = boxes[pb, ps]                                                 # (P, 4) normalized
     e = ext[pb, ps]                                                            # (P, 4) px x0, y0, x1, y1
     cy, cx = (e[:, 1] + e[:, 3]) / 2, (e[:, 0] + e[:, 2]) / 2                  # px
-    ey, ex = e[:, 3] - e[:, 1], e[:, 2] - e[:, 0]
 
     # one crop per parent: a square of the largest parent window plus 4 px a side, inside the image
     side = float(torch.maximum(parent_box[:, 2] * H, parent_box[:, 3] * W).max())
     size = int(min(H, W, math.ceil(side) + 8))
     origin = torch.stack([(cy - size / 2).round().clamp(0, H - size), (cx - size / 2).round().clamp(0, W - size)], 1)
-    rows = (origin[:, 0, None] + torch.arange(size, device=dev)).long()        # (P, size)
-    cols = (origin[:, 1, None] + torch.arange(size, device=dev)).long()
     ar = torch.arange(P, device=dev)
-    xc = x.to(dt)[pb[:, None, None, None], torch.arange(x.shape[1], device=dev)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]              # (P, 3, size, size)
-    bg = bg_all[pb]                                                            # (P, 3, 1, 1)
 
+    # the other objects of each parent's image that can draw into its crop (sprite support: the box
+    # plus one sprite pixel a side)
+    others = valid[pb].clone()
+    others[ar, ps] = False
+    sh, sw = model.cfg.object_shape
+    top, left, hh, ww = (boxes[pb][..., k] for k in range(4))
+    pad_y, pad_x = hh * H / sh, ww * W / sw
+    meets = (top * H - pad_y < origin[:, None, 0] + size) & ((top + hh) * H + pad_y > origin[:, None, 0]) \
+        & (left * W - pad_x < origin[:, None, 1] + size) & ((left + ww) * W + pad_x > origin[:, None, 1])
+    near = others & meets
+    Kn = max(1, int(near.sum(1).max()))
+    nidx = torch.argsort((~near).to(torch.int8), dim=1, stable=True)[:, :Kn]
+    nvalid = near.gather(1, nidx)
+
+    results = [_best_split(model, x, pb[c], ps[c], boxes, what, depth, ext, bg_all, origin[c], size,
+                           nidx[c], nvalid[c], steps, lr, box_std_px, what_prior, screen_steps)
+               for c in torch.arange(P, device=dev).split(PARENT_CHUNK)]
+    best_gain = torch.cat([r[0] for r in results])
+    c_what, c_box, c_depth = (torch.cat([r[k] for r in results]) for k in (1, 2, 3))
     with torch.no_grad():
-        # the other objects of each parent's image, and the parent alone, rendered into its crop
-        others = valid[pb].clone()
-        others[ar, ps] = False
-        crop_all = _crop_boxes(boxes[pb], (H, W), origin, size)
-        fixed = _terms(model, what[pb], crop_all, depth[pb], others.to(dt), (size, size))
-        alone = _terms(model, what[pb, ps][:, None], crop_all[ar, ps][:, None],
-                       depth[pb, ps][:, None], torch.ones(P, 1, device=dev), (size, size))
-        j_base = _nll(xc, bg, tuple(f + a for f, a in zip(fixed, alone))) \
-            + 0.5 * what_prior * what[pb, ps].square().sum(-1)
-
-        # the proposals: (P·4) hypotheses of two children each
-        prop = torch.tensor(PROPOSALS, dtype=dt, device=dev)                   # (4, 4)
-        R = prop.shape[0]
-        dy = (prop[None, :, 0] * ey[:, None]).reshape(-1)
-        dx = (prop[None, :, 1] * ex[:, None]).reshape(-1)
-        ch = (prop[None, :, 2] * parent_box[:, None, 2] * H).reshape(-1)        # px
-        cw = (prop[None, :, 3] * parent_box[:, None, 3] * W).reshape(-1)
-        ccy, ccx = cy.repeat_interleave(R), cx.repeat_interleave(R)
-        sign = torch.tensor([-1.0, 1.0], dtype=dt, device=dev)
-        child_px = torch.stack([ccy[:, None] + sign * dy[:, None] - ch[:, None] / 2,
-                                ccx[:, None] + sign * dx[:, None] - cw[:, None] / 2,
-                                ch[:, None].expand(-1, 2), cw[:, None].expand(-1, 2)], -1)   # (P·R, 2, 4) px
-        scale = child_px.new_tensor([H, W, H, W])
-        child0 = child_px / scale                                              # normalized image boxes
-        glimpses = extract_glimpses(x[pb].to(dt), child0.reshape(P, 2 * R, 4), model.cfg.object_shape)
-        what0 = model.obj_encoder(glimpses.flatten(2)).to(dt)[..., :model.cfg.A].reshape(P * R, 2, -1)
-        depth0 = depth[pb, ps].repeat_interleave(R, 0)[:, None].expand(-1, 2, -1)
-    # the state of every hypothesis (R per parent, contiguous), cut down to the promising ones below
-    hyp = {"parent": ar.repeat_interleave(R), "child0": child0, "depth0": depth0, "origin": origin.repeat_interleave(R, 0),
-           "x": xc.repeat_interleave(R, 0), "bg": bg.repeat_interleave(R, 0), "j_base": j_base.repeat_interleave(R),
-           **{f"fixed{k}": t.repeat_interleave(R, 0) for k, t in enumerate(fixed)}}
-    params = [what0.clone().requires_grad_(True),                              # z_what of both children
-              torch.zeros_like(child0, requires_grad=True),                    # box change in px (y, x, h, w)
-              torch.zeros_like(depth0, requires_grad=True)]                    # depth × exp(log_depth)
-    min_size = 1.0 / max(H, W)
-
-    def children() -> torch.Tensor:
-        b = hyp["child0"] + params[1] / scale
-        return torch.cat([b[..., :2], b[..., 2:].clamp(min=min_size)], -1)
-
-    def objective() -> tuple[torch.Tensor, torch.Tensor]:
-        z_what, delta, log_depth = params
-        t = _terms(model, z_what, _crop_boxes(children(), (H, W), hyp["origin"], size),
-                   hyp["depth0"] * log_depth.exp(), torch.ones(z_what.shape[:2], device=dev, dtype=dt), (size, size))
-        fixed_terms = (hyp["fixed0"], hyp["fixed1"], hyp["fixed2"])
-        j = _nll(hyp["x"], hyp["bg"], tuple(f + c for f, c in zip(fixed_terms, t))) \
-            + 0.5 * what_prior * z_what.square().sum((-2, -1))
-        return j, 0.5 * (delta / box_std_px).square().sum((-2, -1))
-
-    opt = torch.optim.Adam(params, lr=lr)
-    with torch.enable_grad(), _frozen(model):
-        for step in range(steps):
-            if step == screen_steps:
-                # screening: only parents with a proposal that already lowers J go on (module docstring)
-                with torch.no_grad():
-                    gain = (hyp["j_base"] - objective()[0]).view(-1, R).amax(1)
-                sel = (gain > SPLIT_SCREEN_GAIN).repeat_interleave(R)
-                if not bool(sel.any()):
-                    return out, present
-                hyp = {k: v[sel] for k, v in hyp.items()}
-                old, params = params, [p.detach()[sel].requires_grad_(True) for p in params]
-                moments = [opt.state[p] for p in old]
-                opt = torch.optim.Adam(params, lr=lr)
-                for p, st in zip(params, moments):                          # Adam goes on where it was
-                    opt.state[p] = {k: (v[sel] if v.dim() else v.clone()) for k, v in st.items()}
-            j, pull = objective()
-            opt.zero_grad(set_to_none=True)
-            (j + pull).sum().backward()
-            opt.step()
-    with torch.no_grad():
-        j_split, _ = objective()
-        gain = (hyp["j_base"] - j_split).view(-1, R)
-        best_gain, best = gain.max(1)
         accept = best_gain > min_gain
         if not bool(accept.any()):
             return out, present
-        pick = torch.arange(gain.shape[0], device=dev) * R + best             # hypothesis of each parent
-        c_what, c_box = params[0][pick], children()[pick]
-        c_depth = (hyp["depth0"] * params[2].exp())[pick]
-        parent = hyp["parent"][pick]
 
         # the parent's cell takes child 1; child 2 gets a new slot copying the parent's cell fields
         acc = accept.nonzero(as_tuple=True)[0]
-        img, cell = pb[parent[acc]], index[pb[parent[acc]], ps[parent[acc]]]
+        img, cell = pb[acc], index[pb[acc], ps[acc]]
         rank = torch.zeros_like(img)
         for i in range(1, img.numel()):
             rank[i] = rank[i - 1] + 1 if img[i] == img[i - 1] else 0
