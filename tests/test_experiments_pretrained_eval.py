@@ -55,3 +55,20 @@ def test_cli_verb_and_missing_checkpoint(tmp_path, capsys, model_file):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.pt" in err[0]
     assert not (tmp_path / "p" / "results.json").exists()
+
+
+def test_defaults_are_the_detectors_and_the_table_names_the_split_moves():
+    import inspect
+
+    from spair.experiments.generalization import GeneralizationSettings
+    from spair.models.refine import REFINE_STEPS
+    from spair.models.split import SPLIT_MIN_GAIN
+
+    params = inspect.signature(PE.run_pretrained_eval).parameters
+    assert params["refine_steps"].default == REFINE_STEPS == GeneralizationSettings().refine_steps
+    assert params["split_min_gain"].default == SPLIT_MIN_GAIN
+    rows = [{"image_size": 48, "n_digits": 1, "n_scenes": 10, **{k: 0.5 for k in PE.REPORTED}}]
+    base = {"checkpoint": "shipped", "test_seed": 2, "command": "c", "rows": rows, "refine_steps": 20}
+    assert "split moves: gain > 30 nats" in PE.results_table({**base, "split_min_gain": 30.0})
+    assert "split moves: off" in PE.results_table({**base, "split_min_gain": None})
+    assert "split moves: off" in PE.results_table(base)          # results written before split moves existed
