@@ -8,8 +8,8 @@ digits:
 
 The detector refines the reported objects' latents on each image (``refine_steps``, 20 by default;
 0 turns it off) and, with refinement, splits an object that two objects explain better by more than
-``split_min_gain`` nats (30 by default; None turns it off). Each is scored with SPAIR-AP (the paper's protocol), SPAIR-AP ranked by presence probability,
-COCO AP and the count errors. ``results.json`` and ``results.md`` (a table) are written into ``out``.
+``split_min_gain`` nats (30 by default; None turns it off). Each is scored with SPAIR-AP (the
+paper's protocol), SPAIR-AP ranked by presence probability, COCO AP and the count errors. ``results.json`` and ``results.md`` (a table) are written into ``out``.
 """
 
 from __future__ import annotations

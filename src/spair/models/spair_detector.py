@@ -341,7 +341,7 @@ class SpairDetector:
             raise ConfigError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refine_steps = refine_steps
         if split_min_gain is not None and not split_min_gain >= 0.0:
-            raise ConfigError(f"split_min_gain must be >= 0 (inf: no split), got {split_min_gain}")
+            raise ConfigError(f"split_min_gain must be >= 0 (None: no split moves), got {split_min_gain}")
         self.split_min_gain = split_min_gain
         self.generator = torch.Generator(device=device).manual_seed(seed)
 

@@ -19,11 +19,15 @@ reported object (the *parent*), with all other objects held fixed:
    it only anchors the search) is compared on a crop around the parent, where the parent or its
    children can draw. The best proposal replaces the parent when it lowers J by more than
    ``min_gain`` nats, the price of one more object (a model-selection penalty, chosen on validation
-   scenes: docs/cpu-recipe.md, "Split moves"). An image of one digit is never split at the default.
+   scenes: docs/cpu-recipe.md, "Split moves"; at the default no image of one digit was split on
+   the validation or test scenes).
 
-The other objects of the image are rendered once per parent into the crop (their sums of
-:func:`spair.ops.render.render_terms` are added to the children's at every step), so a proposal
-costs two sprites per step, whatever the number of objects. The children are new slots appended to
+Screening: after ``SPLIT_SCREEN_STEPS`` steps, a parent none of whose proposals has lowered J yet is
+dropped (on validation scenes no accepted split came from such a parent; it halves the cost). The
+other objects of the image that can draw into a parent's crop are rendered once per parent (their
+sums of :func:`spair.ops.render.render_terms` are added to the children's at every step), so a
+proposal costs two sprites per step whatever the number of objects, and parents are processed in
+chunks of ``PARENT_CHUNK``. The children are new slots appended to
 the output's per-cell tensors (they copy the parent's presence probability and cell fields); the
 network's weights do not change.
 """
