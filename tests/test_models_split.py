@@ -12,17 +12,9 @@ from spair.data.scenes import SceneConfig, generate_scenes
 from spair.metrics import box_iou
 from spair.models.io import load_model
 from spair.models.refine import refine_latents
-from spair.models.spair import Spair, SpairConfig
 from spair.models.spair_detector import SpairDetector, reported_objects, run_model, segment_boxes_px
 from spair.models.split import _CELL_FIELDS, split_objects
-
-
-def small_model():
-    torch.manual_seed(0)
-    cfg = SpairConfig(backbone_channels=8, n_backbone_features=8, n_passthrough_features=4, lateral_hidden=(8,),
-                      encoder_hidden=(16,), decoder_hidden=(16,), A=4, object_shape=(8, 8), cell_size=8,
-                      anchor=(16.0, 16.0))
-    return Spair(cfg).eval()
+from test_models_refine import small_model  # the same tiny untrained model
 
 
 def matched(dets, gts, thr=0.5):
