@@ -64,6 +64,23 @@ def _put(t: torch.Tensor, index: torch.Tensor, values: torch.Tensor, valid: torc
     return t.clone().scatter(1, index.reshape(*index.shape, *([1] * (t.dim() - 2))).expand(new.shape), new)
 
 
+def _first(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, k) of the True entries of ``mask`` (B, N) first, in order, then padding; and
+    whether each index is a True entry (B, k)."""
+    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]
+    return index, mask.gather(1, index)
+
+
+def _sprite_layers(model: Spair, z_what: torch.Tensor, depth: torch.Tensor, gate: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the renderer draws for objects ``z_what`` (B, K, A) with depths (B, K, 1), each drawn where
+    ``gate`` (B, K, 1, 1, 1) is 1: RGB, alpha and importance maps, as in :meth:`Spair.decode`."""
+    rgb, alpha = model.decode_sprites(z_what)
+    gated = alpha * gate
+    importance = (gated * depth[..., None, None]).clamp(min=model.cfg.importance_floor)
+    return rgb, gated, importance * gate
+
+
 def refine_latents(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                    steps: int = REFINE_STEPS, lr: float = REFINE_LR, box_std_px: float = REFINE_BOX_STD_PX,
                    what_prior: float = REFINE_WHAT_PRIOR) -> SpairOutput:
@@ -81,8 +98,7 @@ def refine_latents(model: Spair, out: SpairOutput, x: torch.Tensor, present: tor
     H, W = out.image_hw
     K = int(present.sum(1).max())
     # the present cells of each image first, in raster order; the rest of the K slots are padding
-    index = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :K]
-    valid = present.gather(1, index)
+    index, valid = _first(present, K)
     what0 = _take(out.z_what, index).detach().float()
     boxes0 = _take(out.boxes, index).detach().float()
     depth0 = _take(out.z_depth, index).detach().float()
@@ -103,10 +119,8 @@ def refine_latents(model: Spair, out: SpairOutput, x: torch.Tensor, present: tor
 
     with torch.enable_grad(), _frozen(model):
         for _ in range(steps):
-            rgb, alpha = model.decode_sprites(z_what)
-            gated = alpha * gate
-            importance = (gated * (depth0 * log_depth.exp())[..., None, None]).clamp(min=model.cfg.importance_floor)
-            recon = render_windowed(rgb, gated, importance * gate, boxes_now(), bg, (H, W))
+            rgb, alpha, importance = _sprite_layers(model, z_what, depth0 * log_depth.exp(), gate)
+            recon = render_windowed(rgb, alpha, importance, boxes_now(), bg, (H, W))
             recon = recon.clamp(1e-6, 1 - 1e-6)
             nll = -(target * recon.log() + (1 - target) * (1 - recon).log()).sum()
             prior = 0.5 * what_prior * (z_what.square().sum(-1) * weight).sum() \

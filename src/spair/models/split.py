@@ -40,7 +40,7 @@ import math
 import torch
 
 from ..ops.render import extract_glimpses, render_terms
-from .refine import REFINE_LR, REFINE_STEPS, REFINE_WHAT_PRIOR, _frozen, _take
+from .refine import REFINE_LR, REFINE_STEPS, REFINE_WHAT_PRIOR, _first, _frozen, _sprite_layers, _take
 from .spair import Spair, SpairOutput
 
 SPLIT_MIN_GAIN = 30.0
@@ -73,11 +73,7 @@ def _crop_boxes(boxes: torch.Tensor, image_hw: tuple[int, int], origin: torch.Te
 def _terms(model: Spair, z_what: torch.Tensor, boxes: torch.Tensor, depth: torch.Tensor, gate: torch.Tensor,
            hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The rendering sums of the objects (M, K) where ``gate`` (M, K) is 1, over an ``hw`` canvas."""
-    rgb, alpha = model.decode_sprites(z_what)
-    g = gate[..., None, None, None]
-    gated = alpha * g
-    importance = (gated * depth[..., None, None]).clamp(min=model.cfg.importance_floor) * g
-    return render_terms(rgb, gated, importance, boxes, hw)
+    return render_terms(*_sprite_layers(model, z_what, depth, gate[..., None, None, None]), boxes, hw)
 
 
 def _nll(x: torch.Tensor, bg: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -211,8 +207,7 @@ def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torc
     H, W = out.image_hw
     dev, dt = x.device, torch.float32
     K = int(present.sum(1).max())
-    index = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :K]   # present cells first
-    valid = present.gather(1, index)
+    index, valid = _first(present, K)                                          # present cells first
     what, boxes, depth = (_take(t, index).detach().to(dt) for t in (out.z_what, out.boxes, out.z_depth))
     ext = _take(extents.to(dt), index)
     bg_all = out.background.detach().to(dt)
@@ -241,8 +236,7 @@ def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torc
         & (left * W - pad_x < origin[:, None, 1] + size) & ((left + ww) * W + pad_x > origin[:, None, 1])
     near = others & meets
     Kn = max(1, int(near.sum(1).max()))
-    nidx = torch.argsort((~near).to(torch.int8), dim=1, stable=True)[:, :Kn]
-    nvalid = near.gather(1, nidx)
+    nidx, nvalid = _first(near, Kn)
 
     results = [_best_split(model, x, pb[c], ps[c], boxes, what, depth, ext, bg_all, origin[c], size,
                            nidx[c], nvalid[c], steps, lr, box_std_px, what_prior, screen_steps)
