@@ -92,6 +92,36 @@ def test_strongly_claimed_overlap_pixels_belong_to_both_objects():
     np.testing.assert_allclose(seg[0, 1].numpy(), [5, 0, 8, 8])
 
 
+
+def test_segment_drops_a_minor_contested_part_across_a_gap():
+    model = small_model()
+    # object 0 draws a 2-px-wide stroke (image columns 10-11) at full alpha and, blurred across an empty
+    # gap, a 0.6 band over columns 4-5, rows 2-3, where the input holds the edge of another digit that
+    # object 1 explains with weaker ink (0.4) there
+    a0 = np.zeros((8, 8), np.float32)
+    a0[:, 6:8] = 1.0
+    a0[2:4, 0:2] = 0.6
+    a1 = np.zeros((8, 8), np.float32)
+    a1[:, 0:6] = 0.4
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 0:8, 10:12] = 1.0
+    x[:, :, 0:8, 0:6] = 1.0
+    out = fake_output([(4, 0, 12, 8), (0, 0, 8, 8)], [a0, a1], [0.9, 0.9])
+    present = torch.tensor([[True, True]])
+    seg, _ = segment_boxes_px(model, out, x, present)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [10, 0, 12, 8])   # 4 · 0.6 < 0.5 · 16: dropped
+    np.testing.assert_allclose(seg[0, 1].numpy(), [0, 0, 6, 8])
+    seg, _ = segment_boxes_px(model, out, x, present, min_part=None)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [4, 0, 12, 8])
+    # a part no other object claims is the object's own (a digit drawn in two strokes): kept
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]))
+    np.testing.assert_allclose(seg[0, 0].numpy(), [4, 0, 12, 8])
+    # a contested part heavy enough is kept too
+    a0[0:8, 0:2] = 0.6
+    out = fake_output([(4, 0, 12, 8), (0, 0, 8, 8)], [a0, a1], [0.9, 0.9])
+    seg, _ = segment_boxes_px(model, out, x, present)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [4, 0, 12, 8])   # 16 · 0.6 ≥ 0.5 · 16
+
 def test_duplicates_are_dropped_keeping_the_most_probable():
     model = small_model()
     out = fake_output([(4, 4, 12, 12), (4, 5, 12, 13), (14, 14, 22, 22)],

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from spair.ops.render import (extract_glimpses, mask_extents, render, sample_windows, window_size)
+from spair.ops.render import (component_labels, component_sums, extract_glimpses, mask_extents, render,
+                              sample_windows, window_size)
 
 
 def bilinear_tap_weights(coord: float, size: int):
@@ -163,6 +164,28 @@ def test_mask_extents():
     np.testing.assert_array_equal(boxes[0, 0].numpy(), [22, 11, 25, 13])
     np.testing.assert_array_equal(boxes[0, 1].numpy(), [1, 0, 2, 1])
 
+
+
+def test_component_labels_and_sums():
+    mask = torch.zeros(2, 6, 9, dtype=torch.bool)
+    mask[0, 1:5, 1:3] = True             # one part: 8 pixels
+    mask[0, 4, 3] = True                 # shares an edge with it: the same part
+    mask[0, 5, 4] = True                 # touches (4, 3) only at a corner: still the same part (8-connected)
+    mask[0, 0:2, 7:9] = True             # a second part, apart from the first
+    labels = component_labels(mask)
+    assert labels.shape == mask.shape and labels.dtype == torch.long
+    assert torch.equal(labels > 0, mask)
+    first, second = labels[0, 1, 1], labels[0, 0, 7]
+    assert first != second
+    assert bool((labels[0][mask[0]] == first).sum() == 10) and bool((labels[0][mask[0]] == second).sum() == 4)
+    assert not labels[1].any()
+    weight = torch.arange(2 * 6 * 9, dtype=torch.float64).reshape(2, 6, 9)
+    sums = component_sums(labels, weight)
+    assert sums.shape == (2, 6 * 9 + 1) and sums.dtype == torch.float64
+    assert sums[0, first] == weight[0][labels[0] == first].sum()
+    assert sums[0, second] == weight[0, 0:2, 7:9].sum()
+    assert sums[0].sum() == weight[0][mask[0]].sum() and not sums[1].any()
+    assert component_labels(torch.zeros(0, 3, 3, dtype=torch.bool)).shape == (0, 3, 3)
 
 # -- windowed rendering ---------------------------------------------------------------------------
 

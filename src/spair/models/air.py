@@ -550,8 +550,9 @@ def segment_boxes_px(out: AirOutput, x: torch.Tensor, ink_threshold: float = INK
                      claim_threshold: float = CLAIM_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
     """Extent of the image pixels each drawn object explains (its segment), (B, T, 4) and (B, T).
 
-    The same rule as SPAIR's ``segment`` boxes (``spair.models.spair_detector.segment_boxes_px``),
-    for AIR's black background: pixel p belongs to object i when the input ``x`` (B, 3, H, W) is
+    SPAIR's first ``segment`` rule (``spair.models.spair_detector.segment_boxes_px`` without its sharing
+    of overlaps and dropping of minor parts, which came after the AIR results), for AIR's black
+    background: pixel p belongs to object i when the input ``x`` (B, 3, H, W) is
     brighter than ``ink_threshold`` there (max over channels), object i alone is brighter than
     ``claim_threshold``, and no other drawn object is brighter at p. The extent comes from the
     input's own pixels, so it is as sharp as the image where the decoded sprite is blurry.

@@ -1,15 +1,17 @@
 """SPAIR as a detector: latents → boxes with scores, for evaluation and ``spair detect``.
 
-Two box definitions are offered (``box_mode``):
+Three box definitions are offered (``box_mode``):
 
 - ``"window"``: the sprite window given by z_where (what the authors' code evaluates).
-- ``"ink"`` (default): the extent of the object's *visible ink*, the pixels where the object,
-  drawn alone over the background, changes the image by more than ``ink_threshold``:
+- ``"ink"``: the extent of the object's *visible ink*, the pixels where the object, drawn alone over
+  the background, changes the image by more than ``ink_threshold``:
   α_i(p) · max_c |S_i[rgb](p) − m_i(p)·bg_c| > ink_threshold, with the notation of
-  ``spair.ops.render``. This is the same definition as the ground truth (the extent of each digit's
-  ink), so a box is tight even when the sprite window holds some empty margin, and it is computed
-  at image resolution in a local window around each object (cost O(objects · window)).
-  An object whose sprite has no visible pixel falls back to its window box.
+  ``spair.ops.render``, computed at image resolution in a local window around each object (cost
+  O(objects · window)). An object whose sprite has no visible pixel falls back to its window box.
+- ``"segment"`` (default): the extent of the input's own ink pixels the object explains
+  (:func:`segment_boxes_px`), the same definition as the ground truth (the extent of each digit's
+  ink) and as sharp as the image where the decoded sprite is blurry; it falls back to the ink box,
+  then to the window box.
 
 Scores are the presence probabilities sigmoid(α). With ``sample="mean"`` (deterministic inference:
 Gaussian means, z_pres = 1[α > 0]) the cells with probability ≥ ``min_score`` are reported, less the
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..ops.render import mask_extents, sample_windows, window_size
+from ..ops.render import component_labels, component_sums, mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
 from .refine import REFINE_STEPS, refine_latents
 from .split import SPLIT_MIN_GAIN, split_objects
@@ -45,6 +47,11 @@ SEGMENT_CLAIM_THRESHOLD = 0.01
 docs/cpu-recipe.md: the decoded sprites are blurry, so a digit's faint edge pixels get little ink)."""
 SHARE_THRESHOLD = 0.5
 """Visible ink above which an object claims a pixel even where another object has more (overlaps)."""
+SEGMENT_MIN_PART = 0.5
+"""A part of an object's segment that does not touch its main part, and that other objects claim too,
+is kept only when it holds at least this fraction of the main part's visible ink (chosen on validation
+scenes, docs/cpu-recipe.md): a blurry sprite next to a thin digit otherwise claims the edge of the
+neighbouring digit across the gap."""
 DEDUP_IOU = 0.5
 EXPLAIN_MIN_SCORE = 0.05
 """Objects below the presence threshold but at least this probable are reported when they explain
@@ -200,15 +207,20 @@ def unexplained_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present
 @torch.no_grad()
 def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                      ink_threshold: float = INK_THRESHOLD, claim_threshold: float = SEGMENT_CLAIM_THRESHOLD,
-                     share_threshold: float = SHARE_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+                     share_threshold: float = SHARE_THRESHOLD, min_part: float | None = SEGMENT_MIN_PART
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Extent of the image pixels each present object explains (its segment), (B, N, 4) and (B, N).
 
     A pixel p belongs to object i when the input differs there from the background by more than
     ``ink_threshold`` (max over channels), object i's visible ink v_i(p) exceeds ``claim_threshold``,
     and either no other present object has more visible ink at p or v_i(p) exceeds ``share_threshold``
-    (where two digits overlap, the pixel belongs to both, as in their ground-truth boxes). The extent
-    then comes from the input's own pixels, so it is as sharp as the image even where the decoded
-    sprite is blurry.
+    (where two digits overlap, the pixel belongs to both, as in their ground-truth boxes). Of these
+    pixels, an 8-connected part holding less than ``min_part`` times the visible ink of the object's
+    heaviest part, most of whose pixels another present object claims too (visible ink above
+    ``claim_threshold``), is dropped (None keeps every part): the edge of a neighbouring digit that a
+    blurry sprite reaches across a gap is not the object's, while a digit drawn in separate strokes
+    keeps them all. The extent then comes from the input's own pixels, so it is as sharp as the image
+    even where the decoded sprite is blurry.
     """
     v, y0, x0 = visible_ink_windows(model, out)
     v = v * present[..., None, None].to(v.dtype)
@@ -221,8 +233,26 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         1, idx, claims, reduce="amax", include_self=True)
     best = strongest.gather(1, idx).reshape(B, N, wh, ww)
     ink = _input_ink(x, out, idx, v.shape)
-    mask = inside & (ink > ink_threshold) & (v > claim_threshold) & ((v >= best) | (v > share_threshold))
+    claimed = inside & (v > claim_threshold)
+    mask = claimed & (ink > ink_threshold) & ((v >= best) | (v > share_threshold))
+    if min_part is not None and bool(present.any()):
+        n_claims = torch.zeros(B, H * W, dtype=v.dtype, device=v.device).scatter_add(
+            1, idx, claimed.reshape(B, -1).to(v.dtype)).gather(1, idx).reshape(B, N, wh, ww)
+        mask[present] = _drop_minor_contested_parts(mask[present], v[present], n_claims[present] > 1, min_part)
     return mask_extents(mask, y0, x0, (H, W))
+
+
+def _drop_minor_contested_parts(mask: torch.Tensor, v: torch.Tensor, contested: torch.Tensor,
+                                min_part: float) -> torch.Tensor:
+    """``mask`` (P, wh, ww) less its parts that hold under ``min_part`` times the visible ink ``v`` of
+    the heaviest part and whose pixels are mostly ``contested`` (claimed by another object too)."""
+    labels = component_labels(mask)
+    ink = component_sums(labels, v)
+    minor = ink < min_part * ink.amax(1, keepdim=True)
+    mostly_contested = 2 * component_sums(labels, contested.to(v.dtype)) > component_sums(labels, mask.to(v.dtype))
+    drop = minor & mostly_contested
+    drop[:, 0] = False
+    return mask & ~drop.gather(1, labels.reshape(labels.shape[0], -1)).reshape(mask.shape)
 
 
 @torch.no_grad()

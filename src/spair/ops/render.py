@@ -186,6 +186,39 @@ def mask_extents(mask: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
     return torch.where(found[..., None], boxes, torch.zeros_like(boxes)), found
 
 
+def component_labels(mask: torch.Tensor) -> torch.Tensor:
+    """Labels of the 8-connected components of each map of ``mask`` (..., h, w) bool, as int64 of the
+    same shape: 0 outside the mask, and inside it the flat index + 1 of the component's last pixel,
+    so labels are unique within a map.
+
+    Each pixel starts with its own index + 1; 3×3 max pooling restricted to the mask spreads the
+    largest one through its component until nothing changes.
+    """
+    if mask.numel() == 0:
+        return torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
+    h, w = mask.shape[-2:]
+    on = mask.reshape(-1, 1, h, w).to(torch.float32)
+    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).reshape(1, 1, h, w)
+    label = ids * on
+    while True:
+        grown = F.max_pool2d(label, 3, stride=1, padding=1) * on
+        if torch.equal(grown, label):
+            break
+        label = grown
+    return label.to(torch.long).reshape(mask.shape)
+
+
+def component_sums(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over each component of ``labels`` (from :func:`component_labels`), (M, h·w + 1)
+    for the M = prod(leading dims) maps; column 0 (outside the mask) is 0."""
+    h, w = labels.shape[-2:]
+    flat = labels.reshape(-1, h * w)
+    sums = torch.zeros(flat.shape[0], h * w + 1, dtype=values.dtype, device=values.device)
+    sums.scatter_add_(1, flat, values.reshape(-1, h * w) * (flat > 0).to(values.dtype))
+    sums[:, 0] = 0
+    return sums
+
+
 # --------------------------------------------------------------------------------------------
 # Windowed rendering, O(N · window)
 
