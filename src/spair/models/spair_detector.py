@@ -238,7 +238,10 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     if min_part is not None and bool(present.any()):
         n_claims = torch.zeros(B, H * W, dtype=v.dtype, device=v.device).scatter_add(
             1, idx, claimed.reshape(B, -1).to(v.dtype)).gather(1, idx).reshape(B, N, wh, ww)
-        mask[present] = _drop_minor_contested_parts(mask[present], v[present], n_claims[present] > 1, min_part)
+        contested = n_claims > 1
+        some = (mask & contested).flatten(2).any(-1)          # only these objects can lose a part
+        if bool(some.any()):
+            mask[some] = _drop_minor_contested_parts(mask[some], v[some], contested[some], min_part)
     return mask_extents(mask, y0, x0, (H, W))
 
 

@@ -188,24 +188,33 @@ def mask_extents(mask: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
 
 def component_labels(mask: torch.Tensor) -> torch.Tensor:
     """Labels of the 8-connected components of each map of ``mask`` (..., h, w) bool, as int64 of the
-    same shape: 0 outside the mask, and inside it the flat index + 1 of the component's last pixel,
-    so labels are unique within a map.
+    same shape: 0 outside the mask, and inside it a positive id (at most h·w) shared by the pixels of
+    one component and unique within the map.
 
-    Each pixel starts with its own index + 1; 3×3 max pooling restricted to the mask spreads the
-    largest one through its component until nothing changes.
+    Each pixel starts with its own flat index + 1; 3×3 max pooling restricted to the mask spreads the
+    largest one through its component until nothing changes. The work is done on the smallest
+    rectangle that holds every map's mask.
     """
-    if mask.numel() == 0:
-        return torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
+    labels = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
+    if not bool(mask.any()):
+        return labels
     h, w = mask.shape[-2:]
-    on = mask.reshape(-1, 1, h, w).to(torch.float32)
-    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).reshape(1, 1, h, w)
+    flat = mask.reshape(-1, h, w)
+    rows = torch.nonzero(flat.any(0).any(1)).flatten()
+    cols = torch.nonzero(flat.any(0).any(0)).flatten()
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = flat[:, r0:r1, c0:c1]
+    ch, cw = crop.shape[-2:]
+    on = crop[:, None].to(torch.float32)
+    ids = torch.arange(1, ch * cw + 1, device=mask.device, dtype=torch.float32).reshape(1, 1, ch, cw)
     label = ids * on
     while True:
         grown = F.max_pool2d(label, 3, stride=1, padding=1) * on
         if torch.equal(grown, label):
             break
         label = grown
-    return label.to(torch.long).reshape(mask.shape)
+    labels.view(-1, h, w)[:, r0:r1, c0:c1] = label[:, 0].to(torch.long)
+    return labels
 
 
 def component_sums(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
