@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,8 +35,8 @@ except ImportError:  # running from a checkout without installing
 
 
 def run(checkpoint: str | None, digits: list[int], min_parts: list[float | None], n: int, seed: int) -> dict:
-    from spair.data.scenes import SceneConfig, generate_scenes
-    from spair.metrics import spair_ap
+    from split_moves import measure, val_scenes   # the benchmark beside this one (same folder)
+
     from spair.models import spair_detector as sd
     from spair.models.io import load_model
 
@@ -47,22 +45,11 @@ def run(checkpoint: str | None, digits: list[int], min_parts: list[float | None]
     rows = []
     try:
         for k in digits:
-            size = 84 if k >= 15 else 48
-            scenes = generate_scenes(SceneConfig(image_size=(size, size), n_objects=(k, k), split="val"),
-                                     n if size == 48 else max(n // 2, 1), seed)
+            scenes = val_scenes(k, n, seed)
             for min_part in min_parts:
                 sd.segment_boxes_px = functools.partial(rule, min_part=min_part)   # every caller reads it here
-                t0 = time.perf_counter()
-                found = sd.SpairDetector(model=model).detect(list(scenes.images))
-                seconds = time.perf_counter() - t0
-                ap = spair_ap([d.boxes for d in found], scenes.boxes, None)
-                row = {"n_digits": k, "image_size": size, "n_scenes": len(scenes),
-                       "min_part": "off" if min_part is None else min_part,
-                       "spair_AP": ap["AP"], "AP@0.1": ap["AP@0.1"], "AP@0.5": ap["AP@0.5"], "AP@0.9": ap["AP@0.9"],
-                       "boxes": int(sum(len(d) for d in found)), "digits": int(sum(len(b) for b in scenes.boxes)),
-                       "images_per_s": round(len(scenes) / seconds, 1)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.append(measure(sd.SpairDetector(model=model), scenes, k,
+                                    {"min_part": "off" if min_part is None else min_part}))
     finally:
         sd.segment_boxes_px = rule
     return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
