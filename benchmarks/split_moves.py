@@ -42,8 +42,8 @@ def val_scenes(k: int, n: int, seed: int):
 
 
 def measure(detector, scenes, k: int, setting: dict) -> dict:
-    """One row for the ``k``-digit ``scenes``: ``setting``, then SPAIR-AP (and at IoU 0.1, 0.5, 0.9), boxes against digits and
-    detection speed of ``detector`` on ``scenes``; printed as a JSON line."""
+    """One row for the ``k``-digit ``scenes``: ``setting``, then SPAIR-AP (and at IoU 0.1, 0.5, 0.9),
+    boxes against digits and detection speed of ``detector`` on ``scenes``; printed as a JSON line."""
     from spair.metrics import spair_ap
 
     t0 = time.perf_counter()

@@ -92,7 +92,6 @@ def test_strongly_claimed_overlap_pixels_belong_to_both_objects():
     np.testing.assert_allclose(seg[0, 1].numpy(), [5, 0, 8, 8])
 
 
-
 def test_segment_drops_a_minor_contested_part_across_a_gap():
     model = small_model()
     # object 0 draws a 2-px-wide stroke (image columns 10-11) at full alpha and, blurred across an empty
@@ -121,6 +120,7 @@ def test_segment_drops_a_minor_contested_part_across_a_gap():
     out = fake_output([(4, 0, 12, 8), (0, 0, 8, 8)], [a0, a1], [0.9, 0.9])
     seg, _ = segment_boxes_px(model, out, x, present)
     np.testing.assert_allclose(seg[0, 0].numpy(), [4, 0, 12, 8])   # 16 · 0.6 ≥ 0.5 · 16
+
 
 def test_duplicates_are_dropped_keeping_the_most_probable():
     model = small_model()

@@ -165,7 +165,6 @@ def test_mask_extents():
     np.testing.assert_array_equal(boxes[0, 1].numpy(), [1, 0, 2, 1])
 
 
-
 def test_component_labels_and_sums():
     mask = torch.zeros(2, 6, 9, dtype=torch.bool)
     mask[0, 1:5, 1:3] = True             # one part: 8 pixels
@@ -186,6 +185,15 @@ def test_component_labels_and_sums():
     assert sums[0, second] == weight[0, 0:2, 7:9].sum()
     assert sums[0].sum() == weight[0][mask[0]].sum() and not sums[1].any()
     assert component_labels(torch.zeros(0, 3, 3, dtype=torch.bool)).shape == (0, 3, 3)
+    # maps whose masks lie in different corners: each map's parts keep their own labels
+    far = torch.zeros(3, 7, 7, dtype=torch.bool)
+    far[0, 0, 0] = far[0, 1, 1] = True          # one part (diagonal)
+    far[1, 6, 6] = far[1, 6, 4] = True          # two parts (a one-pixel gap)
+    far[2, 3, 0:7] = True                       # one part across the map
+    lab = component_labels(far)
+    assert torch.equal(lab > 0, far) and int(lab.max()) <= 7 * 7
+    assert lab[0, 0, 0] == lab[0, 1, 1] and lab[1, 6, 6] != lab[1, 6, 4] and len(lab[2][far[2]].unique()) == 1
+
 
 # -- windowed rendering ---------------------------------------------------------------------------
 
