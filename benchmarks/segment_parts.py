@@ -67,18 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-
-    from spair.io import write_json_atomic
+    from split_moves import report   # the benchmark beside this one (same folder)
 
     torch.set_num_threads(args.threads)
     parts = [None if p.strip() == "off" else float(p) for p in args.min_parts.split(",")]
     result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], parts, args.n, args.seed)
-    result["command"] = "python benchmarks/segment_parts.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for k in sorted({r["n_digits"] for r in result["rows"]}):
-        line = ", ".join(f"{r['min_part']}: {r['spair_AP']:.4f}" for r in result["rows"] if r["n_digits"] == k)
-        print(f"n = {k}: SPAIR-AP {line}")
-    if args.out:
-        write_json_atomic(Path(args.out), result)
+    report(result, "min_part", "segment_parts.py", argv, args.out, digits=4)
     return 0
 
 

@@ -86,18 +86,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from spair.io import write_json_atomic
-
     torch.set_num_threads(args.threads)
     gains = [None if g.strip() == "off" else float(g) for g in args.gains.split(",")]
     result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], gains, args.n, args.seed)
-    result["command"] = "python benchmarks/split_moves.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for k in sorted({r["n_digits"] for r in result["rows"]}):
-        line = ", ".join(f"{r['split_min_gain']}: {r['spair_AP']:.3f}" for r in result["rows"] if r["n_digits"] == k)
-        print(f"n = {k}: SPAIR-AP {line}")
-    if args.out:
-        write_json_atomic(Path(args.out), result)
+    report(result, "split_min_gain", "split_moves.py", argv, args.out, digits=3)
     return 0
+
+
+def report(result: dict, key: str, script: str, argv: list[str] | None, out: str | None, digits: int) -> None:
+    """Record the command in ``result``, print SPAIR-AP per n and per ``key`` setting, and write
+    ``result`` atomically to ``out`` (if given)."""
+    from spair.io import write_json_atomic
+
+    result["command"] = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    for k in sorted({r["n_digits"] for r in result["rows"]}):
+        line = ", ".join(f"{r[key]}: {r['spair_AP']:.{digits}f}" for r in result["rows"] if r["n_digits"] == k)
+        print(f"n = {k}: SPAIR-AP {line}")
+    if out:
+        write_json_atomic(Path(out), result)
 
 
 if __name__ == "__main__":
