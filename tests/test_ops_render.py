@@ -265,6 +265,32 @@ def test_render_terms_of_disjoint_sprite_sets_add_up_to_the_image():
     np.testing.assert_allclose(image.numpy(), ref.numpy(), atol=1e-12)
 
 
+def test_sprite_window_terms_are_each_sprites_own_part_of_render_terms():
+    """sprite_window_terms: every window lies inside the image, the windows added up give render_terms,
+    and each sprite's terms are those of rendering it alone; gather_windows reads a canvas back at them."""
+    from spair.ops.render import add_windows, gather_windows, render_terms, sprite_window_terms
+
+    rgb, alpha, depth, boxes, bg, (H, W) = random_scene(6)
+    imp = (alpha * depth).clamp(min=0.01)
+    terms, y0, x0 = sprite_window_terms(rgb, alpha, imp, boxes, (H, W))
+    B, N, C, wh, ww = terms.shape
+    assert (B, N, C) == (2, 9, 5) and wh < H and ww < W
+    assert (y0 >= 0).all() and (x0 >= 0).all() and (y0 + wh <= H).all() and (x0 + ww <= W).all()
+    whole = add_windows(terms, y0, x0, (H, W))
+    for got, ref in zip(whole.split((3, 1, 1), dim=1), render_terms(rgb, alpha, imp, boxes, (H, W))):
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-12)
+    alone = torch.cat(render_terms(rgb[:, 2:3], alpha[:, 2:3], imp[:, 2:3], boxes[:, 2:3], (H, W)), 1)
+    canvas = torch.zeros_like(alone)
+    for b in range(B):
+        canvas[b, :, y0[b, 2]:y0[b, 2] + wh, x0[b, 2]:x0[b, 2] + ww] = terms[b, 2]
+    np.testing.assert_allclose(canvas.numpy(), alone.numpy(), atol=1e-12)   # nothing of it outside its window
+    read = gather_windows(whole, y0, x0, (wh, ww))
+    assert read.shape == terms.shape
+    for b in range(B):
+        for n in range(N):
+            assert torch.equal(read[b, n], whole[b, :, y0[b, n]:y0[b, n] + wh, x0[b, n]:x0[b, n] + ww])
+
+
 def test_render_windowed_takes_a_per_pixel_background():
     rgb, alpha, depth, boxes, _, hw = random_scene(4)
     bg = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -19,8 +19,9 @@ duplicates (:func:`duplicate_objects`), plus the less probable cells (≥ ``expl
 explain input ink no reported object explains (:func:`unexplained_objects`); with ``sample="hard"``
 (the paper's stochastic evaluation) the cells whose Bernoulli sample is 1. With ``refine_steps`` > 0
 (deterministic inference only) the reported objects' latents are first refined on the image
-(:mod:`spair.models.refine`), an object that two objects explain better is split in two
-(:mod:`spair.models.split`), and the boxes come from the refined sprites.
+(:mod:`spair.models.refine`), an object that two objects explain better is split in two and an
+object that does not pay for itself is removed (:mod:`spair.models.split`), and the boxes come from
+the refined sprites.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..ops.render import component_labels, component_sums, mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
 from .refine import REFINE_STEPS, refine_latents
-from .split import SPLIT_MIN_GAIN, split_objects
+from .split import SPLIT_MIN_GAIN, remove_objects, split_objects
 from .spair import SampleMode, Spair, SpairOutput
 
 BoxMode = Literal["window", "ink", "segment"]
@@ -279,6 +280,7 @@ def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink
             seg, found = segment_boxes_px(model, out, x, keep, ink_threshold)
             extents = torch.where(found[..., None], seg.to(out.boxes.dtype), window_boxes_px(out))
             out, keep = split_objects(model, out, x, keep, extents, split_min_gain, refine_steps)
+            keep = remove_objects(model, out, x, keep, split_min_gain)
             out = refine_latents(model, out, x, keep, max(1, refine_steps // 2))   # all objects together again
     return out, keep
 
@@ -314,9 +316,10 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
     input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
     ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
     ``use_samples`` it is not applied) and by ``refine_steps`` (not applied with ``use_samples``).
-    With refinement, ``split_min_gain`` (None: off) turns on the split moves of :mod:`spair.models.split`
-    (an object that two objects explain better by more than that many nats becomes two), after which
-    all reported objects are refined together for ``refine_steps // 2`` more steps.
+    With refinement, ``split_min_gain`` (None: off) turns on the moves of :mod:`spair.models.split`:
+    an object that two objects explain better by more than that many nats becomes two, then an object
+    that lowers the objective by no more than that many nats is removed; after them all reported
+    objects are refined together for ``refine_steps // 2`` more steps.
     :func:`reported_objects` then :func:`object_detections`; call those two to read several box modes
     from one selection and refinement."""
     out, keep = reported_objects(model, out, min_score, ink_threshold, use_samples, x, dedup_iou, explain_min_score,

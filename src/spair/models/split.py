@@ -1,4 +1,6 @@
-"""Split moves: a reported object that draws two overlapping digits is replaced by two objects.
+"""Split and removal moves: the set of reported objects, chosen by the model's own objective.
+
+Split moves: a reported object that draws two overlapping digits is replaced by two objects.
 
 A cell of SPAIR reports one object, and where two digits overlap or touch, one cell often draws
 both with one blurry sprite while the neighbouring cells stay off; the digit that has no object of
@@ -30,6 +32,13 @@ proposal costs two sprites per step whatever the number of objects, and parents 
 chunks of ``PARENT_CHUNK``. The children are new slots appended to
 the output's per-cell tensors (they copy the parent's presence probability and cell fields); the
 network's weights do not change.
+
+Removal moves (:func:`remove_objects`), run after the split moves, are their converse at the same
+price: an object that lowers J by no more than ``min_gain`` nats, the others held fixed, is
+dropped, one per image at a time (the least useful first; the gains of the rest are measured
+again, so of two objects drawing the same digit only one goes). What they remove: an object that
+draws the same digit as another, a small piece where two digits cross, an object that draws
+nothing the others do not (docs/cpu-recipe.md, "Removal moves").
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import math
 
 import torch
 
-from ..ops.render import extract_glimpses, render_terms
+from ..ops.render import add_windows, extract_glimpses, gather_windows, render_terms, sprite_window_terms
 from .refine import REFINE_LR, REFINE_STEPS, REFINE_WHAT_PRIOR, _first, _frozen, _sprite_layers, _take
 from .spair import Spair, SpairOutput
 
@@ -268,3 +277,53 @@ def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torc
         keep[img, slot] = True
         return dataclasses.replace(out, **new, params=dist_params, sprites_rgb=None, sprites_alpha=None, recon=None,
                                    visible_ink=None), keep
+
+
+@torch.no_grad()
+def object_gains(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
+                 what_prior: float = REFINE_WHAT_PRIOR) -> torch.Tensor:
+    """By how much each present object (``present`` (B, N) bool) lowers the objective J of the module
+    docstring, all other present objects held fixed: J without it − J with it, in nats (B, N); +inf
+    where not present. Removing an object changes the image only inside its sprite's window, so the
+    difference is summed there."""
+    B, N = present.shape
+    H, W = out.image_hw
+    dt = torch.float32
+    gains = torch.full((B, N), math.inf, device=x.device, dtype=dt)
+    if not bool(present.any()):
+        return gains
+    K = int(present.sum(1).max())
+    index, valid = _first(present, K)                                          # present cells first
+    what, boxes, depth = (_take(t, index).detach().to(dt) for t in (out.z_what, out.boxes, out.z_depth))
+    own, y0, x0 = sprite_window_terms(*_sprite_layers(model, what, depth, valid.to(dt)[..., None, None, None]),
+                                      boxes, (H, W))                           # (B, K, 5, wh, ww)
+    win = own.shape[-2:]
+    all_terms = gather_windows(add_windows(own, y0, x0, (H, W)), y0, x0, win)  # every object, over each window
+    target = gather_windows(x.to(dt), y0, x0, win)
+    bg = gather_windows(out.background.detach().to(dt).expand(B, -1, H, W).contiguous(), y0, x0, win)
+
+    def nll(t: torch.Tensor) -> torch.Tensor:
+        num, mass, den = t.split((3, 1, 1), dim=2)
+        recon = (bg + (num - mass * bg) / den.clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
+        return -(target * recon.log() + (1 - target) * (1 - recon).log()).flatten(2).sum(-1)
+
+    g = nll(all_terms - own) - nll(all_terms) - 0.5 * what_prior * what.square().sum(-1)
+    return gains.scatter(1, index, torch.where(valid, g, math.inf))
+
+
+@torch.no_grad()
+def remove_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
+                   min_gain: float = SPLIT_MIN_GAIN, what_prior: float = REFINE_WHAT_PRIOR) -> torch.Tensor:
+    """Removal moves, the converse of the split moves: while an image has a present object that lowers
+    J by no more than ``min_gain`` nats (:func:`object_gains`), the one that lowers it least is
+    dropped, and the gains of the rest are measured again. Returns the new present mask (B, N)."""
+    present = present.clone()
+    if math.isinf(min_gain):
+        return present
+    while bool(present.any()):
+        gain, slot = object_gains(model, out, x, present, what_prior).min(1)
+        drop = gain <= min_gain
+        if not bool(drop.any()):
+            break
+        present[drop.nonzero(as_tuple=True)[0], slot[drop]] = False
+    return present

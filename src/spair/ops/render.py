@@ -391,11 +391,25 @@ def _render_windows(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Te
 def _window_terms(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
                   out_hw: tuple[int, int], win_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Σ w·α·S_rgb, Σ w·α·m and Σ w of (R3), every sprite sampled over a ``win_hw`` window inside the image."""
+    terms, y0, x0 = sprite_window_terms(rgb, alpha, importance, boxes, out_hw, win_hw)
+    if tuple(win_hw) == tuple(out_hw):
+        return terms.sum(1).split((3, 1, 1), dim=1)                          # type: ignore[return-value]
+    return add_windows(terms, y0, x0, out_hw).split((3, 1, 1), dim=1)        # type: ignore[return-value]
+
+
+def sprite_window_terms(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tensor, boxes: torch.Tensor,
+                        out_hw: tuple[int, int], win_hw: tuple[int, int] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sprite's own terms of (R3) over its own pixel window: w·α·S_rgb, w·α·m and w stacked as
+    (B, N, 5, wh, ww), and the window origins ``y0``, ``x0`` (B, N). Every window lies inside the
+    image and holds every image pixel its sprite covers; :func:`add_windows` of the terms gives
+    :func:`render_terms`. ``win_hw`` defaults to the window of the batch's largest box."""
     B, N, _, sh, sw = rgb.shape
     H, W = out_hw
+    if win_hw is None:
+        win_hw = render_window(out_hw, (sh, sw), largest_box_px(boxes, out_hw))
     wh, ww = win_hw
-    full = (wh, ww) == (H, W)
-    if full:
+    if (wh, ww) == (H, W):
         y0 = x0 = torch.zeros(B, N, dtype=torch.long, device=rgb.device)
     else:
         y0, x0 = window_origin(boxes, out_hw, (sh, sw))
@@ -408,7 +422,12 @@ def _window_terms(rgb: torch.Tensor, alpha: torch.Tensor, importance: torch.Tens
     s_rgb, s_alpha, s_w = s.split((3, 1, 1), dim=2)
     m = inside_mass(v, sh)[..., :, None] * inside_mass(u, sw)[..., None, :]   # (B,N,wh,ww)
     wa = s_w * s_alpha                                                        # (B,N,1,wh,ww)
-    terms = (wa * s_rgb, wa * m[:, :, None], s_w)                             # Σ wα·S_rgb, Σ wα·m, Σ w
-    if full:
-        return tuple(t.sum(1) for t in terms)                                 # type: ignore[return-value]
-    return add_windows(torch.cat(terms, 2), y0, x0, out_hw).split((3, 1, 1), dim=1)  # type: ignore[return-value]
+    return torch.cat([wa * s_rgb, wa * m[:, :, None], s_w], 2), y0, x0       # w·α·S_rgb, w·α·m, w
+
+
+def gather_windows(canvas: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, win_hw: tuple[int, int]) -> torch.Tensor:
+    """The values of ``canvas`` (B, C, H, W) over every window at (``y0``, ``x0``) (B, N), as
+    (B, N, C, wh, ww); the inverse read of :func:`add_windows` (windows must lie inside the image)."""
+    B, C, H, W = canvas.shape
+    idx = _window_index(y0, x0, C, win_hw, (H, W))
+    return canvas.reshape(-1).index_select(0, idx.reshape(-1).long()).view(idx.shape)
