@@ -69,6 +69,6 @@ def test_defaults_are_the_detectors_and_the_table_names_the_split_moves():
     assert params["split_min_gain"].default == SPLIT_MIN_GAIN
     rows = [{"image_size": 48, "n_digits": 1, "n_scenes": 10, **{k: 0.5 for k in PE.REPORTED}}]
     base = {"checkpoint": "shipped", "test_seed": 2, "command": "c", "rows": rows, "refine_steps": 20}
-    assert "split moves: gain > 30 nats" in PE.results_table({**base, "split_min_gain": 30.0})
-    assert "split moves: off" in PE.results_table({**base, "split_min_gain": None})
-    assert "split moves: off" in PE.results_table(base)          # results written before split moves existed
+    assert "split and removal moves: 30 nats per object" in PE.results_table({**base, "split_min_gain": 30.0})
+    assert "split and removal moves: off" in PE.results_table({**base, "split_min_gain": None})
+    assert "split and removal moves: off" in PE.results_table(base)   # results written before the moves existed

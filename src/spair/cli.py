@@ -416,7 +416,8 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
                             "before reading their boxes (sharper boxes; 0: off; only with --sample mean)")
     group.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
                        help="spair, with refinement: replace an object by two when two explain the image better "
-                            "by more than G nats (merged overlapping digits; 'off': never)")
+                            "by more than G nats (merged overlapping digits), then remove an object that "
+                            "explains it better by no more than G nats ('off': neither)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
@@ -1159,7 +1160,7 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
                    help="refine the reported objects' latents for T steps before reading the boxes (0: off)")
     p.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
                    help="with refinement: replace an object by two when two explain the image better by more "
-                        "than G nats ('off': never)")
+                        "than G nats, then remove an object worth no more than G nats ('off': neither)")
     add_cache_argument(p)
 
 
