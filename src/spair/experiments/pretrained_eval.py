@@ -92,7 +92,8 @@ def results_table(results: dict[str, Any]) -> str:
     gain = results.get("split_min_gain")
     split = "off" if gain is None else f"{gain:g} nats per object"
     lines = [f"Model: {results['checkpoint']}; held-out scenes of test digits (seed {results['test_seed']}); "
-             f"refinement steps: {results.get('refine_steps', 0)}; split and removal moves: {split}; `{results['command']}`", "",
+             f"refinement steps: {results.get('refine_steps', 0)}; split and removal moves: {split}; "
+             f"`{results['command']}`", "",
              "| image | n digits | scenes | SPAIR-AP | SPAIR-AP (ranked) | COCO AP[.1:.9] | COCO AP@.5 | "
              "count abs. error | count 0-1 error |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
