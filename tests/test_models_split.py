@@ -15,7 +15,7 @@ from spair.metrics import box_iou
 from spair.models.io import load_model
 from spair.models.refine import refine_latents
 from spair.models.spair_detector import SpairDetector, reported_objects, run_model, segment_boxes_px
-from spair.models.split import _CELL_FIELDS, object_gains, remove_objects, split_objects
+from spair.models.split import _CELL_FIELDS, object_gains, overlapping_objects, remove_objects, split_objects
 from test_models_refine import images, recon_nll, small_model  # the same tiny untrained model
 
 
@@ -162,6 +162,22 @@ def test_removal_drops_a_duplicate_and_keeps_its_twin(shipped):
     assert (gains[both] < 0).all()                        # either twin alone adds nothing but its prior cost
     kept = remove_objects(shipped, out2, x, both)
     assert kept.sum(1).tolist() == [1, 1, 1, 1] and not (kept & ~both).any()
+    # the twin moved to an empty corner draws a digit that is not there (a negative gain), but alone
+    # there it keeps the encoder's decision; moved back next to the digit, it goes
+    far = fields["boxes"].clone()
+    far[ar, twin, :2] = torch.where(far[ar, cell, :2] > 0.5, 0.0, 1.0 - far[ar, cell, 2:])
+    alone = dataclasses.replace(out2, boxes=far)
+    assert not overlapping_objects(far, both).any()
+    assert (object_gains(shipped, alone, x, both)[ar, twin] < 0).all()
+    assert torch.equal(remove_objects(shipped, alone, x, both), both)
+
+
+def test_overlapping_objects():
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.4, 0.4, 0.2, 0.2], [0.5, 0.5, 0.5, 0.5], [0.0, 0.6, 0.3, 0.3]]])
+    present = torch.tensor([[True, True, True, True]])
+    assert overlapping_objects(boxes, present).tolist() == [[True, True, True, False]]   # 0 and 2 only touch
+    present[0, 1] = False
+    assert overlapping_objects(boxes, present).tolist() == [[False, False, False, False]]
 
 
 def test_removal_moves_drop_boxes_without_losing_digits(shipped, monkeypatch):

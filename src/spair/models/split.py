@@ -34,9 +34,9 @@ the output's per-cell tensors (they copy the parent's presence probability and c
 network's weights do not change.
 
 Removal moves (:func:`remove_objects`), run after the split moves, are their converse at the same
-price: an object that lowers J by no more than ``min_gain`` nats, the others held fixed, is
-dropped, one per image at a time (the least useful first; the gains of the rest are measured
-again, so of two objects drawing the same digit only one goes). What they remove: an object that
+price: an object that lowers J by no more than ``min_gain`` nats, the others held fixed, and whose
+box overlaps another object's, is dropped, one per image at a time (the least useful first; the
+gains of the rest are measured again, so of two objects drawing the same digit only one goes). What they remove: an object that
 draws the same digit as another, a small piece where two digits cross, an object that draws
 nothing the others do not (docs/cpu-recipe.md, "Removal moves").
 """
@@ -311,17 +311,32 @@ def object_gains(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch
     return gains.scatter(1, index, torch.where(valid, g, math.inf))
 
 
+def overlapping_objects(boxes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Which present objects' boxes (B, N, 4: y, x, h, w) overlap the box of another present object
+    (B, N) bool."""
+    lo, size = boxes[..., :2], boxes[..., 2:]
+    hi = lo + size
+    inter = (torch.minimum(hi[:, :, None], hi[:, None]) - torch.maximum(lo[:, :, None], lo[:, None])).clamp(min=0)
+    meets = (inter.prod(-1) > 0) & present[:, :, None] & present[:, None]
+    meets &= ~torch.eye(present.shape[1], dtype=torch.bool, device=present.device)
+    return meets.any(-1)
+
+
 @torch.no_grad()
 def remove_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                    min_gain: float = SPLIT_MIN_GAIN, what_prior: float = REFINE_WHAT_PRIOR) -> torch.Tensor:
     """Removal moves, the converse of the split moves: while an image has a present object that lowers
-    J by no more than ``min_gain`` nats (:func:`object_gains`), the one that lowers it least is
-    dropped, and the gains of the rest are measured again. Returns the new present mask (B, N)."""
+    J by no more than ``min_gain`` nats (:func:`object_gains`) and whose box overlaps another present
+    object's, the one that lowers it least is dropped, and the gains of the rest are measured again.
+    An object alone in its part of the image keeps the encoder's presence decision: a small object
+    (a few pixels) can explain less than the price and still be real. Returns the new present mask
+    (B, N)."""
     present = present.clone()
     if math.isinf(min_gain):
         return present
     while bool(present.any()):
-        gain, slot = object_gains(model, out, x, present, what_prior).min(1)
+        gain = object_gains(model, out, x, present, what_prior)
+        gain, slot = gain.masked_fill(~overlapping_objects(out.boxes, present), math.inf).min(1)
         drop = gain <= min_gain
         if not bool(drop.any()):
             break
