@@ -36,9 +36,9 @@ network's weights do not change.
 Removal moves (:func:`remove_objects`), run after the split moves, are their converse at the same
 price: an object that lowers J by no more than ``min_gain`` nats, the others held fixed, and whose
 box overlaps another object's, is dropped, one per image at a time (the least useful first; the
-gains of the rest are measured again, so of two objects drawing the same digit only one goes). What they remove: an object that
-draws the same digit as another, a small piece where two digits cross, an object that draws
-nothing the others do not (docs/cpu-recipe.md, "Removal moves").
+gains of the rest are measured again, so of two objects drawing the same digit only one goes).
+What they remove: an object that draws the same digit as another, a small piece where two digits
+cross, an object that draws nothing the others do not (docs/cpu-recipe.md, "Removal moves").
 """
 
 from __future__ import annotations
