@@ -31,26 +31,17 @@ except ImportError:  # running from a checkout without installing
 
 
 def run(checkpoint: str | None, digits: list[int], prices: list[float | None], n: int, seed: int) -> dict:
-    from split_moves import measure, val_scenes   # the benchmark beside this one (same folder)
+    from split_moves import sweep_rule   # the benchmark beside this one (same folder)
 
-    from spair.models import spair_detector as sd
-    from spair.models.io import load_model
+    from spair.models.split import remove_objects
 
-    model = load_model(checkpoint)
-    remove = sd.remove_objects
-    rows = []
-    try:
-        for k in digits:
-            scenes = val_scenes(k, n, seed)
-            for price in prices:
-                # every caller reads the rule here; "off" keeps every object
-                sd.remove_objects = (lambda model, out, x, present, *_: present) if price is None else \
-                    (lambda model, out, x, present, *_, price=price: remove(model, out, x, present, price))
-                rows.append(measure(sd.SpairDetector(model=model), scenes, k,
-                                    {"removal_price": "off" if price is None else price}))
-    finally:
-        sd.remove_objects = remove
-    return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
+    def rule(price: float | None):   # "off" keeps every object
+        if price is None:
+            return lambda model, out, x, present, *_: present
+        return lambda model, out, x, present, *_: remove_objects(model, out, x, present, price)
+
+    settings = [("off" if p is None else p, rule(p)) for p in prices]
+    return sweep_rule(checkpoint, digits, n, seed, "remove_objects", "removal_price", settings)
 
 
 def main(argv: list[str] | None = None) -> int:

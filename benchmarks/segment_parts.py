@@ -35,24 +35,12 @@ except ImportError:  # running from a checkout without installing
 
 
 def run(checkpoint: str | None, digits: list[int], min_parts: list[float | None], n: int, seed: int) -> dict:
-    from split_moves import measure, val_scenes   # the benchmark beside this one (same folder)
+    from split_moves import sweep_rule   # the benchmark beside this one (same folder)
 
-    from spair.models import spair_detector as sd
-    from spair.models.io import load_model
+    from spair.models.spair_detector import segment_boxes_px
 
-    model = load_model(checkpoint)
-    rule = sd.segment_boxes_px
-    rows = []
-    try:
-        for k in digits:
-            scenes = val_scenes(k, n, seed)
-            for min_part in min_parts:
-                sd.segment_boxes_px = functools.partial(rule, min_part=min_part)   # every caller reads it here
-                rows.append(measure(sd.SpairDetector(model=model), scenes, k,
-                                    {"min_part": "off" if min_part is None else min_part}))
-    finally:
-        sd.segment_boxes_px = rule
-    return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
+    settings = [("off" if m is None else m, functools.partial(segment_boxes_px, min_part=m)) for m in min_parts]
+    return sweep_rule(checkpoint, digits, n, seed, "segment_boxes_px", "min_part", settings)
 
 
 def main(argv: list[str] | None = None) -> int:

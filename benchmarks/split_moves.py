@@ -59,6 +59,28 @@ def measure(detector, scenes, k: int, setting: dict) -> dict:
     return row
 
 
+def sweep_rule(checkpoint: str | None, digits: list[int], n: int, seed: int, name: str, key: str,
+               settings: list[tuple[object, object]]) -> dict:
+    """A row of :func:`measure` for each n in ``digits`` and each (label, rule) of ``settings``, with
+    ``spair.models.spair_detector.<name>`` (which every caller reads there) replaced by ``rule``
+    while measuring; the row records ``key``: label. The original rule is put back afterwards."""
+    from spair.models import spair_detector as sd
+    from spair.models.io import load_model
+
+    model = load_model(checkpoint)
+    original = getattr(sd, name)
+    rows = []
+    try:
+        for k in digits:
+            scenes = val_scenes(k, n, seed)
+            for label, rule in settings:
+                setattr(sd, name, rule)
+                rows.append(measure(sd.SpairDetector(model=model), scenes, k, {key: label}))
+    finally:
+        setattr(sd, name, original)
+    return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
+
+
 def run(checkpoint: str | None, digits: list[int], gains: list[float | None], n: int, seed: int) -> dict:
     from spair.models.io import load_model
     from spair.models.spair_detector import SpairDetector
