@@ -53,9 +53,46 @@ def test_window_ink_and_segment_boxes():
     # the input holds a 3×5 block of ink inside the sprite's region: the segment box is its extent
     x = torch.zeros(1, 3, 24, 24)
     x[:, :, 6:9, 6:11] = 1.0
-    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True]]))
+    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True]]), attach_radius=None)
     assert found[0, 0]
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 9])  # clipped to where the object has ink
+    # by default the input's ink next to it that no object claims (column 10) joins it
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True]]))
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 11, 9])
+
+
+def test_free_ink_near_a_segment_joins_it():
+    model = small_model()
+    # an object whose sprite has ink over image pixels [6, 10)², on a 4×4 block of input ink, beside
+    # free ink (no sprite reaches it): a 2-px speck at column 11 (a gap of one column; Chebyshev
+    # distance 2 from the block), a 1-px speck at row 13 (distance 4)
+    out = fake_output([(4, 4, 12, 12)], [square_alpha()], [0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 7:9, 11] = 1.0
+    x[:, :, 13, 7] = 1.0
+    present = torch.tensor([[True]])
+    for radius, box in ((None, [6, 6, 10, 10]), (0, [6, 6, 10, 10]), (1, [6, 6, 10, 10]),
+                        (2, [6, 6, 12, 10]), (4, [6, 6, 12, 14])):
+        seg, _ = segment_boxes_px(model, out, x, present, attach_radius=radius)
+        np.testing.assert_allclose(seg[0, 0].numpy(), box, err_msg=f"radius {radius}")
+    # a free part of 10 pixels or more is an object of its own: it stays out
+    x[:, :, 7:9, 11:16] = 1.0
+    seg, _ = segment_boxes_px(model, out, x, present, attach_radius=2)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 10])
+    # ink another object claims is not free; a free part near two segments joins both
+    a_right = np.zeros((8, 8), np.float32)
+    a_right[2:6, 6:8] = 1.0                            # image columns 16-17, rows 6-9
+    out = fake_output([(4, 4, 12, 12), (10, 4, 18, 12)], [square_alpha(), a_right], [0.9, 0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 6:10, 16:18] = 1.0
+    x[:, :, 8, 12:14] = 1.0                            # free: 3 px from the left block, 3 from the right one
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=3)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])
+    np.testing.assert_allclose(seg[0, 1].numpy(), [12, 6, 18, 10])
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]), attach_radius=3)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])   # an absent object holds nothing
 
 
 def test_segment_pixels_go_to_the_strongest_claimant():
@@ -75,10 +112,10 @@ def test_segment_pixels_go_to_the_strongest_claimant():
 def test_strongly_claimed_overlap_pixels_belong_to_both_objects():
     model = small_model()
     # two objects whose ink overlaps in columns 3-4: the left one draws columns 0-4 at full alpha, the
-    # right one columns 3-7; column 5 holds a faint (0.3) claim of the left one, weaker than the right's
+    # right one columns 3-7; column 5 holds a faint (0.2) claim of the left one, weaker than the right's
     a_left = np.zeros((8, 8), np.float32)
     a_left[:, :5] = 1.0
-    a_left[:, 5] = 0.3
+    a_left[:, 5] = 0.2
     a_right = np.zeros((8, 8), np.float32)
     a_right[:, 3:] = 0.8
     out = fake_output([(0, 0, 8, 8), (0, 0, 8, 8)], [a_left, a_right], [0.9, 0.8])

@@ -46,8 +46,10 @@ CLAIM_THRESHOLD = 0.05
 SEGMENT_CLAIM_THRESHOLD = 0.01
 """Visible ink above which an object may claim a pixel for its segment box (tuned on validation scenes,
 docs/cpu-recipe.md: the decoded sprites are blurry, so a digit's faint edge pixels get little ink)."""
-SHARE_THRESHOLD = 0.5
-"""Visible ink above which an object claims a pixel even where another object has more (overlaps)."""
+SHARE_THRESHOLD = 0.3
+"""Visible ink above which an object claims a pixel even where another object has more (overlaps);
+0.5 until 2026-12-05, chosen again on validation scenes with refinement and split moves on
+(docs/cpu-recipe.md)."""
 SEGMENT_MIN_PART = 0.5
 """A part of an object's segment that does not touch its main part, and that other objects claim too,
 is kept only when it holds at least this fraction of the main part's visible ink (chosen on validation
@@ -58,6 +60,10 @@ EXPLAIN_MIN_SCORE = 0.05
 """Objects below the presence threshold but at least this probable are reported when they explain
 ``EXPLAIN_MIN_PIXELS`` input pixels that no reported object explains (:func:`unexplained_objects`)."""
 EXPLAIN_MIN_PIXELS = 10
+SEGMENT_ATTACH_RADIUS = 1
+"""Input ink that no object claims, in a part of fewer than ``EXPLAIN_MIN_PIXELS`` pixels, joins the
+segments within this many pixels of it (1: the segments it touches; chosen on validation scenes,
+docs/cpu-recipe.md)."""
 EXPLAIN_CLAIM_THRESHOLD = 0.1
 """Visible ink above which an object explains a pixel, for :func:`unexplained_objects`."""
 
@@ -208,8 +214,8 @@ def unexplained_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present
 @torch.no_grad()
 def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                      ink_threshold: float = INK_THRESHOLD, claim_threshold: float = SEGMENT_CLAIM_THRESHOLD,
-                     share_threshold: float = SHARE_THRESHOLD, min_part: float | None = SEGMENT_MIN_PART
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     share_threshold: float = SHARE_THRESHOLD, min_part: float | None = SEGMENT_MIN_PART,
+                     attach_radius: int | None = SEGMENT_ATTACH_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
     """Extent of the image pixels each present object explains (its segment), (B, N, 4) and (B, N).
 
     A pixel p belongs to object i when the input differs there from the background by more than
@@ -220,8 +226,10 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     heaviest part, most of whose pixels another present object claims too (visible ink above
     ``claim_threshold``), is dropped (None keeps every part): the edge of a neighbouring digit that a
     blurry sprite reaches across a gap is not the object's, while a digit drawn in separate strokes
-    keeps them all. The extent then comes from the input's own pixels, so it is as sharp as the image
-    even where the decoded sprite is blurry.
+    keeps them all. Last, input ink that no object claims joins the segments nearby
+    (:func:`_attach_free_ink`; ``attach_radius`` None: it stays out): a stroke or speck of a digit that
+    its blurry sprite does not reach is still in the digit's ground-truth box. The extent then comes
+    from the input's own pixels, so it is as sharp as the image even where the decoded sprite is blurry.
     """
     v, y0, x0 = visible_ink_windows(model, out)
     v = v * present[..., None, None].to(v.dtype)
@@ -243,7 +251,39 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         some = (mask & contested).flatten(2).any(-1)          # only these objects can lose a part
         if bool(some.any()):
             mask[some] = _drop_minor_contested_parts(mask[some], v[some], contested[some], min_part)
+    if attach_radius is not None and bool(present.any()):
+        fg = (x - out.background).abs().amax(1).reshape(B, -1) > ink_threshold
+        mask = _attach_free_ink(mask, idx, inside, fg, (H, W), attach_radius)
     return mask_extents(mask, y0, x0, (H, W))
+
+
+def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor, fg: torch.Tensor,
+                     hw: tuple[int, int], radius: int, max_pixels: int = EXPLAIN_MIN_PIXELS) -> torch.Tensor:
+    """``mask`` (B, N, wh, ww; window pixels at flat image index ``idx``, (B, N·wh·ww)) plus the free ink
+    near each segment: an 8-connected part of the input's ink ``fg`` (B, H·W bool) that no segment
+    holds, with fewer than ``max_pixels`` pixels (a part that large is an object of its own, which
+    :func:`unexplained_objects` would have added), joins every segment it comes within ``radius``
+    pixels of (Chebyshev distance: 1 means the parts that touch the segment, 0 none)."""
+    B, N, wh, ww = mask.shape
+    held = torch.zeros(B, hw[0] * hw[1], dtype=torch.int32, device=mask.device).scatter_add_(
+        1, idx, (mask & inside).reshape(B, -1).to(torch.int32)) > 0
+    free = (fg & ~held).reshape(B, *hw)
+    if not bool(free.any()):
+        return mask
+    labels = component_labels(free)                                           # (B, H, W)
+    small = component_sums(labels, torch.ones(free.shape, device=mask.device)) < max_pixels    # (B, H·W + 1)
+    labels = labels.reshape(B, -1)
+    small &= torch.arange(small.shape[1], device=mask.device) > 0
+    lab = torch.where(inside.reshape(B, -1), labels.gather(1, idx), 0)       # (B, N·wh·ww)
+    lab = torch.where(small.gather(1, lab), lab, 0).reshape(B, N, wh * ww)
+    near = torch.nn.functional.max_pool2d(mask.reshape(B * N, 1, wh, ww).to(torch.float32), 2 * radius + 1,
+                                          stride=1, padding=radius).reshape(B, N, wh * ww) > 0
+    # a free part joins object n of image b when one of its pixels is near n's segment: key (b, n, label)
+    span = labels.shape[1] + 1
+    key = (torch.arange(B * N, device=mask.device).reshape(B, N, 1) * span + lab)
+    hit = torch.unique(key[near & (lab > 0)])
+    joins = torch.isin(key, hit) & (lab > 0)
+    return mask | joins.reshape(B, N, wh, ww)
 
 
 def _drop_minor_contested_parts(mask: torch.Tensor, v: torch.Tensor, contested: torch.Tensor,
@@ -277,7 +317,8 @@ def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink
     if refine_steps and x is not None and not use_samples:
         out = refine_latents(model, out, x, keep, refine_steps)
         if split_min_gain is not None:
-            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold)
+            # the pixels each object's sprite explains, without the free ink that joins segments
+            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold, attach_radius=None)
             extents = torch.where(found[..., None], seg.to(out.boxes.dtype), window_boxes_px(out))
             out, keep = split_objects(model, out, x, keep, extents, split_min_gain, refine_steps)
             keep = remove_objects(model, out, x, keep, split_min_gain)
