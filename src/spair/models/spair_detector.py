@@ -8,10 +8,10 @@ Three box definitions are offered (``box_mode``):
   α_i(p) · max_c |S_i[rgb](p) − m_i(p)·bg_c| > ink_threshold, with the notation of
   ``spair.ops.render``, computed at image resolution in a local window around each object (cost
   O(objects · window)). An object whose sprite has no visible pixel falls back to its window box.
-- ``"segment"`` (default): the extent of the input's own ink pixels the object explains
-  (:func:`segment_boxes_px`), the same definition as the ground truth (the extent of each digit's
-  ink) and as sharp as the image where the decoded sprite is blurry; it falls back to the ink box,
-  then to the window box.
+- ``"segment"`` (default): the extent of the input's own ink pixels the object explains, and of
+  the small parts of ink no object explains that touch them (:func:`segment_boxes_px`), the same
+  definition as the ground truth (the extent of each digit's ink) and as sharp as the image where
+  the decoded sprite is blurry; it falls back to the ink box, then to the window box.
 
 Scores are the presence probabilities sigmoid(α). With ``sample="mean"`` (deterministic inference:
 Gaussian means, z_pres = 1[α > 0]) the cells with probability ≥ ``min_score`` are reported, less the
