@@ -265,25 +265,34 @@ def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor
     :func:`unexplained_objects` would have added), joins every segment it comes within ``radius``
     pixels of (Chebyshev distance: 1 means the parts that touch the segment, 0 none)."""
     B, N, wh, ww = mask.shape
-    held = torch.zeros(B, hw[0] * hw[1], dtype=torch.int32, device=mask.device).scatter_add_(
-        1, idx, (mask & inside).reshape(B, -1).to(torch.int32)) > 0
-    free = (fg & ~held).reshape(B, *hw)
+    HW = hw[0] * hw[1]
+    bi, ni = mask.flatten(2).any(-1).nonzero(as_tuple=True)                  # the K non-empty segments
+    if len(bi) == 0:
+        return mask
+    at = bi[:, None] * HW + idx.reshape(B, N, -1)[bi, ni]                    # (K, wh·ww) into B·H·W
+    seg = mask.reshape(B, N, -1)[bi, ni] & inside.reshape(B, N, -1)[bi, ni]
+    held = torch.zeros(B * HW, dtype=torch.bool, device=mask.device)
+    held[at[seg]] = True
+    free = (fg.reshape(-1) & ~held).reshape(B, *hw)
     if not bool(free.any()):
         return mask
     labels = component_labels(free)                                           # (B, H, W)
     small = component_sums(labels, torch.ones(free.shape, device=mask.device)) < max_pixels    # (B, H·W + 1)
     labels = labels.reshape(B, -1)
-    small &= torch.arange(small.shape[1], device=mask.device) > 0
-    lab = torch.where(inside.reshape(B, -1), labels.gather(1, idx), 0)       # (B, N·wh·ww)
-    lab = torch.where(small.gather(1, lab), lab, 0).reshape(B, N, wh * ww)
-    near = torch.nn.functional.max_pool2d(mask.reshape(B * N, 1, wh, ww).to(torch.float32), 2 * radius + 1,
-                                          stride=1, padding=radius).reshape(B, N, wh * ww) > 0
-    # a free part joins object n of image b when one of its pixels is near n's segment: key (b, n, label)
-    span = labels.shape[1] + 1
-    key = (torch.arange(B * N, device=mask.device).reshape(B, N, 1) * span + lab)
-    hit = torch.unique(key[near & (lab > 0)])
-    joins = torch.isin(key, hit) & (lab > 0)
-    return mask | joins.reshape(B, N, wh, ww)
+    labels = torch.where(small.gather(1, labels), labels, 0).reshape(-1)      # the small parts only
+    lab = labels[at] * inside.reshape(B, N, -1)[bi, ni]                        # (K, wh·ww)
+    rows = (lab > 0).any(-1).nonzero(as_tuple=True)[0]                         # segments with free ink around
+    if len(rows) == 0:
+        return mask
+    lab = lab[rows]
+    near = torch.nn.functional.max_pool2d(seg[rows].reshape(-1, 1, wh, ww).to(torch.float32), 2 * radius + 1,
+                                          stride=1, padding=radius).reshape(len(rows), -1) > 0
+    # a free part joins segment k when one of its pixels is near it: key (k, label)
+    key = torch.arange(len(rows), device=mask.device)[:, None] * (HW + 1) + lab
+    joins = torch.isin(key, torch.unique(key[near & (lab > 0)])) & (lab > 0)
+    mask = mask.clone()
+    mask[bi[rows], ni[rows]] |= joins.reshape(-1, wh, ww)
+    return mask
 
 
 def _drop_minor_contested_parts(mask: torch.Tensor, v: torch.Tensor, contested: torch.Tensor,
