@@ -93,6 +93,8 @@ def test_free_ink_near_a_segment_joins_it():
     np.testing.assert_allclose(seg[0, 1].numpy(), [12, 6, 18, 10])
     seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]), attach_radius=3)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])   # an absent object holds nothing
+    with pytest.raises(ValueError, match="attach_radius"):
+        segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=-1)
 
 
 def test_segment_pixels_go_to_the_strongest_claimant():

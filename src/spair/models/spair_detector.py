@@ -251,6 +251,8 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         some = (mask & contested).flatten(2).any(-1)          # only these objects can lose a part
         if bool(some.any()):
             mask[some] = _drop_minor_contested_parts(mask[some], v[some], contested[some], min_part)
+    if attach_radius is not None and attach_radius < 0:
+        raise ValueError(f"attach_radius must be ≥ 0 or None, got {attach_radius}")
     if attach_radius is not None and bool(present.any()):
         fg = (x - out.background).abs().amax(1).reshape(B, -1) > ink_threshold
         mask = _attach_free_ink(mask, idx, inside, fg, (H, W), attach_radius)
