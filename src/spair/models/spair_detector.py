@@ -120,11 +120,14 @@ def ink_boxes_px(model: Spair, out: SpairOutput, ink_threshold: float = INK_THRE
     return mask_extents(v > ink_threshold, y0, x0, out.image_hw)
 
 
+def _image_ink(x: torch.Tensor, out: SpairOutput) -> torch.Tensor:
+    """The input's own ink max_c |x − bg| at every image pixel, (B, H·W)."""
+    return (x - out.background).abs().amax(1).reshape(x.shape[0], -1)
+
+
 def _input_ink(x: torch.Tensor, out: SpairOutput, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The input's own ink max_c |x − bg| at every window pixel."""
-    B = x.shape[0]
-    fg = (x - out.background).abs().amax(1).reshape(B, -1)
-    return fg.gather(1, idx).reshape(shape)
+    return _image_ink(x, out).gather(1, idx).reshape(shape)
 
 
 def explained_pixels(model: Spair, out: SpairOutput, x: torch.Tensor, ink_threshold: float, claim_threshold: float
@@ -241,7 +244,8 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     strongest = torch.zeros(B, H * W, dtype=v.dtype, device=v.device).scatter_reduce(
         1, idx, claims, reduce="amax", include_self=True)
     best = strongest.gather(1, idx).reshape(B, N, wh, ww)
-    ink = _input_ink(x, out, idx, v.shape)
+    image_ink = _image_ink(x, out)                                             # (B, H·W)
+    ink = image_ink.gather(1, idx).reshape(v.shape)
     claimed = inside & (v > claim_threshold)
     mask = claimed & (ink > ink_threshold) & ((v >= best) | (v > share_threshold))
     if min_part is not None and bool(present.any()):
@@ -254,8 +258,7 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     if attach_radius is not None and attach_radius < 0:
         raise ValueError(f"attach_radius must be ≥ 0 or None, got {attach_radius}")
     if attach_radius is not None and bool(present.any()):
-        fg = (x - out.background).abs().amax(1).reshape(B, -1) > ink_threshold
-        mask = _attach_free_ink(mask, idx, inside, fg, (H, W), attach_radius)
+        mask = _attach_free_ink(mask, idx, inside, image_ink > ink_threshold, (H, W), attach_radius)
     return mask_extents(mask, y0, x0, (H, W))
 
 
