@@ -234,6 +234,8 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     its blurry sprite does not reach is still in the digit's ground-truth box. The extent then comes
     from the input's own pixels, so it is as sharp as the image even where the decoded sprite is blurry.
     """
+    if attach_radius is not None and attach_radius < 0:
+        raise ValueError(f"attach_radius must be ≥ 0 or None, got {attach_radius}")
     v, y0, x0 = visible_ink_windows(model, out)
     v = v * present[..., None, None].to(v.dtype)
     B, N, wh, ww = v.shape
@@ -255,8 +257,6 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         some = (mask & contested).flatten(2).any(-1)          # only these objects can lose a part
         if bool(some.any()):
             mask[some] = _drop_minor_contested_parts(mask[some], v[some], contested[some], min_part)
-    if attach_radius is not None and attach_radius < 0:
-        raise ValueError(f"attach_radius must be ≥ 0 or None, got {attach_radius}")
     if attach_radius is not None and bool(present.any()):
         mask = _attach_free_ink(mask, idx, inside, image_ink > ink_threshold, (H, W), attach_radius)
     return mask_extents(mask, y0, x0, (H, W))
@@ -275,7 +275,8 @@ def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor
     if len(bi) == 0:
         return mask
     at = bi[:, None] * HW + idx.reshape(B, N, -1)[bi, ni]                    # (K, wh·ww) into B·H·W
-    seg = mask.reshape(B, N, -1)[bi, ni] & inside.reshape(B, N, -1)[bi, ni]
+    ins = inside.reshape(B, N, -1)[bi, ni]
+    seg = mask.reshape(B, N, -1)[bi, ni] & ins
     held = torch.zeros(B * HW, dtype=torch.bool, device=mask.device)
     held[at[seg]] = True
     free = (fg.reshape(-1) & ~held).reshape(B, *hw)
@@ -285,7 +286,7 @@ def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor
     small = component_sums(labels, torch.ones(free.shape, device=mask.device)) < max_pixels    # (B, H·W + 1)
     labels = labels.reshape(B, -1)
     labels = torch.where(small.gather(1, labels), labels, 0).reshape(-1)      # the small parts only
-    lab = labels[at] * inside.reshape(B, N, -1)[bi, ni]                        # (K, wh·ww)
+    lab = labels[at] * ins                                                     # (K, wh·ww)
     rows = (lab > 0).any(-1).nonzero(as_tuple=True)[0]                         # segments with free ink around
     if len(rows) == 0:
         return mask
