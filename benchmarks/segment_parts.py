@@ -6,7 +6,7 @@ An object's segment (``spair.models.spair_detector.segment_boxes_px``) is the se
 explains; its box is their extent. With ``min_part`` = f, an 8-connected part of a segment that holds
 less than f times the visible ink of the object's heaviest part is dropped ("off" keeps every part,
 the rule before 2026-12-05). The same rule gives the extents the split moves start from.
-``--param share_threshold`` (or ``claim_threshold``, ``attach_radius``) sweeps that keyword of
+``--param share_threshold`` (or ``claim_threshold``, ``attach_radius``, ``exclusive_radius``) sweeps that keyword of
 ``segment_boxes_px`` instead, the others at their defaults.
 
 For each ``--digits`` n, scenes with exactly n digits of the validation digit split (seed ``--seed``;
@@ -37,8 +37,8 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(HERE.parent / "src"))
 
 
-PARAMS = ("min_part", "share_threshold", "claim_threshold", "attach_radius")
-OFF_OK = ("min_part", "attach_radius")    # the keywords that take None
+PARAMS = ("min_part", "share_threshold", "claim_threshold", "attach_radius", "exclusive_radius")
+OFF_OK = ("min_part", "attach_radius", "exclusive_radius")    # the keywords that take None
 
 
 def run(checkpoint: str | None, digits: list[int], values: list[float | None], n: int, seed: int,
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits", default="1,3,5,7,9,20")
     ap.add_argument("--param", default="min_part", choices=PARAMS)
     ap.add_argument("--values", "--min-parts", dest="values", default="off,0.3,0.5",
-                    help="settings of --param; 'off' for min_part and attach_radius only")
+                    help="settings of --param; 'off' for min_part and the radii only")
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from split_moves import report   # the benchmark beside this one (same folder)
 
     torch.set_num_threads(args.threads)
-    cast = int if args.param == "attach_radius" else float
+    cast = int if args.param.endswith("_radius") else float
     values = [None if v.strip() == "off" else cast(v) for v in args.values.split(",")]
     if None in values and args.param not in OFF_OK:
         ap.error(f"--values: 'off' is a setting of {' and '.join(OFF_OK)} only, not of {args.param}")

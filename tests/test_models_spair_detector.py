@@ -53,7 +53,7 @@ def test_window_ink_and_segment_boxes():
     # the input holds a 3×5 block of ink inside the sprite's region: the segment box is its extent
     x = torch.zeros(1, 3, 24, 24)
     x[:, :, 6:9, 6:11] = 1.0
-    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True]]), attach_radius=None)
+    seg, found = segment_boxes_px(model, out, x, torch.tensor([[True]]), attach_radius=None, exclusive_radius=None)
     assert found[0, 0]
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 9])  # clipped to where the object has ink
     # by default the input's ink next to it that no object claims (column 10) joins it
@@ -74,11 +74,13 @@ def test_free_ink_near_a_segment_joins_it():
     present = torch.tensor([[True]])
     for radius, box in ((None, [6, 6, 10, 10]), (0, [6, 6, 10, 10]), (1, [6, 6, 10, 10]),
                         (2, [6, 6, 12, 10]), (4, [6, 6, 12, 14])):
-        seg, _ = segment_boxes_px(model, out, x, present, attach_radius=radius)
+        seg, _ = segment_boxes_px(model, out, x, present, attach_radius=radius, exclusive_radius=None)
         np.testing.assert_allclose(seg[0, 0].numpy(), box, err_msg=f"radius {radius}")
     # a free part of 10 pixels or more is an object of its own: it stays out
     x[:, :, 7:9, 11:16] = 1.0
     seg, _ = segment_boxes_px(model, out, x, present, attach_radius=2)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 10])
+    seg, _ = segment_boxes_px(model, out, x, present)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 10])
     # ink another object claims is not free; a free part near two segments joins both
     a_right = np.zeros((8, 8), np.float32)
@@ -88,13 +90,49 @@ def test_free_ink_near_a_segment_joins_it():
     x[:, :, 6:10, 6:10] = 1.0
     x[:, :, 6:10, 16:18] = 1.0
     x[:, :, 8, 12:14] = 1.0                            # free: 3 px from the left block, 3 from the right one
-    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=3)
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=3, exclusive_radius=None)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])
     np.testing.assert_allclose(seg[0, 1].numpy(), [12, 6, 18, 10])
-    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]), attach_radius=3)
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]), attach_radius=3, exclusive_radius=None)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])   # an absent object holds nothing
-    with pytest.raises(ValueError, match="attach_radius"):
-        segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=-1)
+    for name in ("attach_radius", "exclusive_radius"):
+        with pytest.raises(ValueError, match=name):
+            segment_boxes_px(model, out, x, torch.tensor([[True, True]]), **{name: -1})
+
+
+def test_free_ink_near_one_segment_only_joins_it():
+    model = small_model()
+    # one object on a 4×4 block of input ink (image pixels [6, 10)²) and free specks at Chebyshev
+    # distance 2 (column 11) and 3 (row 12)
+    out = fake_output([(4, 4, 12, 12)], [square_alpha()], [0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 7:9, 11] = 1.0
+    x[:, :, 12, 7] = 1.0
+    present = torch.tensor([[True]])
+    for excl, box in ((None, [6, 6, 10, 10]), (2, [6, 6, 12, 10]), (3, [6, 6, 12, 13])):
+        seg, _ = segment_boxes_px(model, out, x, present, exclusive_radius=excl)
+        np.testing.assert_allclose(seg[0, 0].numpy(), box, err_msg=f"exclusive radius {excl}")
+    seg, _ = segment_boxes_px(model, out, x, present)          # the default: 3
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 12, 13])
+    # two objects, blocks at columns 6-9 and 14-17, a free speck at column 12: 3 px from the left
+    # block and 2 from the right one. Within 2 px it is near the right segment only, and joins it;
+    # within 3 px it is near both, and joins neither.
+    a_right = np.zeros((8, 8), np.float32)
+    a_right[2:6, 4:8] = 1.0                            # image columns 14-17, rows 6-9
+    out = fake_output([(4, 4, 12, 12), (10, 4, 18, 12)], [square_alpha(), a_right], [0.9, 0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 6:10, 14:18] = 1.0
+    x[:, :, 8, 12] = 1.0
+    both = torch.tensor([[True, True]])
+    seg, _ = segment_boxes_px(model, out, x, both, exclusive_radius=2)
+    np.testing.assert_allclose(seg[0].numpy(), [[6, 6, 10, 10], [12, 6, 18, 10]])
+    seg, _ = segment_boxes_px(model, out, x, both)            # the default, 3
+    np.testing.assert_allclose(seg[0].numpy(), [[6, 6, 10, 10], [14, 6, 18, 10]])
+    # the same speck beside an absent object: only the present one is near it
+    seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, False]]), exclusive_radius=3)
+    np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 13, 10])
 
 
 def test_segment_pixels_go_to_the_strongest_claimant():

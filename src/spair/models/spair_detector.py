@@ -64,6 +64,10 @@ SEGMENT_ATTACH_RADIUS = 1
 """Input ink that no object claims, in a part of fewer than ``EXPLAIN_MIN_PIXELS`` pixels, joins the
 segments within this many pixels of it (1: the segments it touches; chosen on validation scenes,
 docs/cpu-recipe.md)."""
+SEGMENT_EXCLUSIVE_RADIUS = 3
+"""Free ink still left after that, in a part of fewer than ``EXPLAIN_MIN_PIXELS`` pixels, joins the one
+segment within this many pixels of it when no other segment comes that close (chosen on validation
+scenes, docs/cpu-recipe.md)."""
 EXPLAIN_CLAIM_THRESHOLD = 0.1
 """Visible ink above which an object explains a pixel, for :func:`unexplained_objects`."""
 
@@ -218,7 +222,8 @@ def unexplained_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present
 def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                      ink_threshold: float = INK_THRESHOLD, claim_threshold: float = SEGMENT_CLAIM_THRESHOLD,
                      share_threshold: float = SHARE_THRESHOLD, min_part: float | None = SEGMENT_MIN_PART,
-                     attach_radius: int | None = SEGMENT_ATTACH_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+                     attach_radius: int | None = SEGMENT_ATTACH_RADIUS,
+                     exclusive_radius: int | None = SEGMENT_EXCLUSIVE_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
     """Extent of the image pixels each present object explains (its segment), (B, N, 4) and (B, N).
 
     A pixel p belongs to object i when the input differs there from the background by more than
@@ -231,11 +236,14 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
     blurry sprite reaches across a gap is not the object's, while a digit drawn in separate strokes
     keeps them all. Last, input ink that no object claims joins the segments nearby
     (:func:`_attach_free_ink`; ``attach_radius`` None: it stays out): a stroke or speck of a digit that
-    its blurry sprite does not reach is still in the digit's ground-truth box. The extent then comes
-    from the input's own pixels, so it is as sharp as the image even where the decoded sprite is blurry.
+    its blurry sprite does not reach is still in the digit's ground-truth box; then the free ink within
+    ``exclusive_radius`` pixels of exactly one segment joins that one (None: no such pass), while ink
+    as near to two segments stays out. The extent then comes from the input's own pixels, so it is as
+    sharp as the image even where the decoded sprite is blurry.
     """
-    if attach_radius is not None and attach_radius < 0:
-        raise ValueError(f"attach_radius must be ≥ 0 or None, got {attach_radius}")
+    for name, radius in (("attach_radius", attach_radius), ("exclusive_radius", exclusive_radius)):
+        if radius is not None and radius < 0:
+            raise ValueError(f"{name} must be ≥ 0 or None, got {radius}")
     v, y0, x0 = visible_ink_windows(model, out)
     v = v * present[..., None, None].to(v.dtype)
     B, N, wh, ww = v.shape
@@ -257,18 +265,21 @@ def segment_boxes_px(model: Spair, out: SpairOutput, x: torch.Tensor, present: t
         some = (mask & contested).flatten(2).any(-1)          # only these objects can lose a part
         if bool(some.any()):
             mask[some] = _drop_minor_contested_parts(mask[some], v[some], contested[some], min_part)
-    if attach_radius is not None and bool(present.any()):
-        mask = _attach_free_ink(mask, idx, inside, image_ink > ink_threshold, (H, W), attach_radius)
+    for radius, exclusive in ((attach_radius, False), (exclusive_radius, True)):
+        if radius is not None and bool(present.any()):
+            mask = _attach_free_ink(mask, idx, inside, image_ink > ink_threshold, (H, W), radius, exclusive=exclusive)
     return mask_extents(mask, y0, x0, (H, W))
 
 
 def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor, fg: torch.Tensor,
-                     hw: tuple[int, int], radius: int, max_pixels: int = EXPLAIN_MIN_PIXELS) -> torch.Tensor:
+                     hw: tuple[int, int], radius: int, max_pixels: int = EXPLAIN_MIN_PIXELS,
+                     exclusive: bool = False) -> torch.Tensor:
     """``mask`` (B, N, wh, ww; window pixels at flat image index ``idx``, (B, N·wh·ww)) plus the free ink
     near each segment: an 8-connected part of the input's ink ``fg`` (B, H·W bool) that no segment
     holds, with fewer than ``max_pixels`` pixels (a part that large is an object of its own, which
     :func:`unexplained_objects` would have added), joins every segment it comes within ``radius``
-    pixels of (Chebyshev distance: 1 means the parts that touch the segment, 0 none)."""
+    pixels of (Chebyshev distance: 1 means the parts that touch the segment, 0 none); with
+    ``exclusive``, only a part within ``radius`` pixels of exactly one segment joins it."""
     B, N, wh, ww = mask.shape
     HW = hw[0] * hw[1]
     bi, ni = mask.flatten(2).any(-1).nonzero(as_tuple=True)                  # the K non-empty segments
@@ -295,7 +306,13 @@ def _attach_free_ink(mask: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor
                                           stride=1, padding=radius).reshape(len(rows), -1) > 0
     # a free part joins segment k when one of its pixels is near it: key (k, label)
     key = torch.arange(len(rows), device=mask.device)[:, None] * (HW + 1) + lab
-    joins = torch.isin(key, torch.unique(key[near & (lab > 0)])) & (lab > 0)
+    hits = torch.unique(key[near & (lab > 0)])
+    if exclusive:
+        # the same part seen from two segments of its image: (image, label) ids of each hit
+        part = bi[rows][hits // (HW + 1)] * (HW + 1) + hits % (HW + 1)
+        ids, counts = torch.unique(part, return_counts=True)
+        hits = hits[torch.isin(part, ids[counts == 1])]
+    joins = torch.isin(key, hits) & (lab > 0)
     mask = mask.clone()
     mask[bi[rows], ni[rows]] |= joins.reshape(-1, wh, ww)
     return mask
@@ -333,7 +350,8 @@ def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink
         out = refine_latents(model, out, x, keep, refine_steps)
         if split_min_gain is not None:
             # the pixels each object's sprite explains, without the free ink that joins segments
-            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold, attach_radius=None)
+            seg, found = segment_boxes_px(model, out, x, keep, ink_threshold, attach_radius=None,
+                                              exclusive_radius=None)
             extents = torch.where(found[..., None], seg.to(out.boxes.dtype), window_boxes_px(out))
             out, keep = split_objects(model, out, x, keep, extents, split_min_gain, refine_steps)
             keep = remove_objects(model, out, x, keep, split_min_gain)
