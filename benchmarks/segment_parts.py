@@ -6,8 +6,8 @@ An object's segment (``spair.models.spair_detector.segment_boxes_px``) is the se
 explains; its box is their extent. With ``min_part`` = f, an 8-connected part of a segment that holds
 less than f times the visible ink of the object's heaviest part is dropped ("off" keeps every part,
 the rule before 2026-12-05). The same rule gives the extents the split moves start from.
-``--param share_threshold`` (or ``claim_threshold``, ``attach_radius``, ``exclusive_radius``) sweeps that keyword of
-``segment_boxes_px`` instead, the others at their defaults.
+``--param share_threshold`` (or ``claim_threshold``, ``attach_radius``, ``exclusive_radius``) sweeps
+that keyword of ``segment_boxes_px`` instead, the others at their defaults.
 
 For each ``--digits`` n, scenes with exactly n digits of the validation digit split (seed ``--seed``;
 48×48, 84×84 for n ≥ 15 with half as many scenes) go through ``SpairDetector`` (deterministic

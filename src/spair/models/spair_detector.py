@@ -9,7 +9,8 @@ Three box definitions are offered (``box_mode``):
   ``spair.ops.render``, computed at image resolution in a local window around each object (cost
   O(objects · window)). An object whose sprite has no visible pixel falls back to its window box.
 - ``"segment"`` (default): the extent of the input's own ink pixels the object explains, and of
-  the small parts of ink no object explains that touch them (:func:`segment_boxes_px`), the same
+  the small parts of ink no object explains that touch them or lie near them and near no other
+  object's (:func:`segment_boxes_px`), the same
   definition as the ground truth (the extent of each digit's ink) and as sharp as the image where
   the decoded sprite is blurry; it falls back to the ink box, then to the window box.
 
@@ -351,7 +352,7 @@ def reported_objects(model: Spair, out: SpairOutput, min_score: float = 0.5, ink
         if split_min_gain is not None:
             # the pixels each object's sprite explains, without the free ink that joins segments
             seg, found = segment_boxes_px(model, out, x, keep, ink_threshold, attach_radius=None,
-                                              exclusive_radius=None)
+                                          exclusive_radius=None)
             extents = torch.where(found[..., None], seg.to(out.boxes.dtype), window_boxes_px(out))
             out, keep = split_objects(model, out, x, keep, extents, split_min_gain, refine_steps)
             keep = remove_objects(model, out, x, keep, split_min_gain)
