@@ -61,17 +61,22 @@ def test_window_ink_and_segment_boxes():
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 11, 9])
 
 
-def test_free_ink_near_a_segment_joins_it():
-    model = small_model()
-    # an object whose sprite has ink over image pixels [6, 10)², on a 4×4 block of input ink, beside
-    # free ink (no sprite reaches it): a 2-px speck at column 11 (a gap of one column; Chebyshev
-    # distance 2 from the block), a 1-px speck at row 13 (distance 4)
+def block_with_specks(*specks):
+    """One present object whose sprite has ink over image pixels [6, 10)², on a 4×4 block of input
+    ink, and free input ink (no sprite reaches it) at each (rows, cols) of ``specks``."""
     out = fake_output([(4, 4, 12, 12)], [square_alpha()], [0.9])
     x = torch.zeros(1, 3, 24, 24)
     x[:, :, 6:10, 6:10] = 1.0
-    x[:, :, 7:9, 11] = 1.0
-    x[:, :, 13, 7] = 1.0
-    present = torch.tensor([[True]])
+    for rows, cols in specks:
+        x[:, :, rows, cols] = 1.0
+    return out, x, torch.tensor([[True]])
+
+
+def test_free_ink_near_a_segment_joins_it():
+    model = small_model()
+    # a 2-px speck at column 11 (a gap of one column; Chebyshev distance 2 from the block), a 1-px
+    # speck at row 13 (distance 4)
+    out, x, present = block_with_specks((slice(7, 9), 11), (13, 7))
     for radius, box in ((None, [6, 6, 10, 10]), (0, [6, 6, 10, 10]), (1, [6, 6, 10, 10]),
                         (2, [6, 6, 12, 10]), (4, [6, 6, 12, 14])):
         seg, _ = segment_boxes_px(model, out, x, present, attach_radius=radius, exclusive_radius=None)
@@ -102,14 +107,8 @@ def test_free_ink_near_a_segment_joins_it():
 
 def test_free_ink_near_one_segment_only_joins_it():
     model = small_model()
-    # one object on a 4×4 block of input ink (image pixels [6, 10)²) and free specks at Chebyshev
-    # distance 2 (column 11) and 3 (row 12)
-    out = fake_output([(4, 4, 12, 12)], [square_alpha()], [0.9])
-    x = torch.zeros(1, 3, 24, 24)
-    x[:, :, 6:10, 6:10] = 1.0
-    x[:, :, 7:9, 11] = 1.0
-    x[:, :, 12, 7] = 1.0
-    present = torch.tensor([[True]])
+    # free specks at Chebyshev distance 2 (column 11) and 3 (row 12) from the block
+    out, x, present = block_with_specks((slice(7, 9), 11), (12, 7))
     for excl, box in ((None, [6, 6, 10, 10]), (2, [6, 6, 12, 10]), (3, [6, 6, 12, 13])):
         seg, _ = segment_boxes_px(model, out, x, present, exclusive_radius=excl)
         np.testing.assert_allclose(seg[0, 0].numpy(), box, err_msg=f"exclusive radius {excl}")
