@@ -72,6 +72,21 @@ def block_with_specks(*specks):
     return out, x, torch.tensor([[True]])
 
 
+def two_blocks(right_cols, *specks):
+    """Two present objects: the block of :func:`block_with_specks` and a second sprite (window over
+    image columns 10-17) with ink over rows 6-9 and image columns ``right_cols`` (a slice), on
+    input ink there, plus free input ink at each (rows, cols) of ``specks``."""
+    a_right = np.zeros((8, 8), np.float32)
+    a_right[2:6, right_cols.start - 10:right_cols.stop - 10] = 1.0
+    out = fake_output([(4, 4, 12, 12), (10, 4, 18, 12)], [square_alpha(), a_right], [0.9, 0.9])
+    x = torch.zeros(1, 3, 24, 24)
+    x[:, :, 6:10, 6:10] = 1.0
+    x[:, :, 6:10, right_cols] = 1.0
+    for rows, cols in specks:
+        x[:, :, rows, cols] = 1.0
+    return out, x
+
+
 def test_free_ink_near_a_segment_joins_it():
     model = small_model()
     # a 2-px speck at column 11 (a gap of one column; Chebyshev distance 2 from the block), a 1-px
@@ -88,13 +103,8 @@ def test_free_ink_near_a_segment_joins_it():
     seg, _ = segment_boxes_px(model, out, x, present)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 10, 10])
     # ink another object claims is not free; a free part near two segments joins both
-    a_right = np.zeros((8, 8), np.float32)
-    a_right[2:6, 6:8] = 1.0                            # image columns 16-17, rows 6-9
-    out = fake_output([(4, 4, 12, 12), (10, 4, 18, 12)], [square_alpha(), a_right], [0.9, 0.9])
-    x = torch.zeros(1, 3, 24, 24)
-    x[:, :, 6:10, 6:10] = 1.0
-    x[:, :, 6:10, 16:18] = 1.0
-    x[:, :, 8, 12:14] = 1.0                            # free: 3 px from the left block, 3 from the right one
+    # free: columns 12-13 of row 8, 3 px from the left block, 3 from the right one (columns 16-17)
+    out, x = two_blocks(slice(16, 18), (8, slice(12, 14)))
     seg, _ = segment_boxes_px(model, out, x, torch.tensor([[True, True]]), attach_radius=3, exclusive_radius=None)
     np.testing.assert_allclose(seg[0, 0].numpy(), [6, 6, 14, 10])
     np.testing.assert_allclose(seg[0, 1].numpy(), [12, 6, 18, 10])
@@ -117,13 +127,7 @@ def test_free_ink_near_one_segment_only_joins_it():
     # two objects, blocks at columns 6-9 and 14-17, a free speck at column 12: 3 px from the left
     # block and 2 from the right one. Within 2 px it is near the right segment only, and joins it;
     # within 3 px it is near both, and joins neither.
-    a_right = np.zeros((8, 8), np.float32)
-    a_right[2:6, 4:8] = 1.0                            # image columns 14-17, rows 6-9
-    out = fake_output([(4, 4, 12, 12), (10, 4, 18, 12)], [square_alpha(), a_right], [0.9, 0.9])
-    x = torch.zeros(1, 3, 24, 24)
-    x[:, :, 6:10, 6:10] = 1.0
-    x[:, :, 6:10, 14:18] = 1.0
-    x[:, :, 8, 12] = 1.0
+    out, x = two_blocks(slice(14, 18), (8, 12))
     both = torch.tensor([[True, True]])
     seg, _ = segment_boxes_px(model, out, x, both, exclusive_radius=2)
     np.testing.assert_allclose(seg[0].numpy(), [[6, 6, 10, 10], [12, 6, 18, 10]])
