@@ -1,7 +1,7 @@
-"""Split moves: when they leave the output alone, what an accepted split changes (and what it does
-not), and that on held-out scenes they find digits the shipped model had merged, without splitting
-single digits. Removal moves: each object's gain is the objective without it minus with it, a
-duplicate goes and its twin stays, and on held-out scenes they drop boxes without losing digits."""
+"""Split moves: where the proposals put the two children, when the moves leave the output alone,
+what an accepted split changes (and what it does not), and that on held-out scenes they find digits
+the shipped model had merged, without splitting single digits. Removal moves: each object's gain is
+the objective without it minus with it, a duplicate goes and its twin stays, and on held-out scenes they drop boxes without losing digits."""
 
 import dataclasses
 import math
@@ -15,7 +15,8 @@ from spair.metrics import box_iou
 from spair.models.io import load_model
 from spair.models.refine import refine_latents
 from spair.models.spair_detector import SpairDetector, reported_objects, run_model, segment_boxes_px
-from spair.models.split import _CELL_FIELDS, object_gains, overlapping_objects, remove_objects, split_objects
+from spair.models.split import (PROPOSALS, _CELL_FIELDS, object_gains, overlapping_objects, proposal_boxes,
+                                remove_objects, split_objects)
 from test_models_refine import images, recon_nll, small_model  # the same tiny untrained model
 
 
@@ -192,3 +193,31 @@ def test_removal_moves_drop_boxes_without_losing_digits(shipped, monkeypatch):
     assert boxes_on < boxes_off, (boxes_on, boxes_off)
     assert matched(on, crowded.boxes) >= matched(off, crowded.boxes), (matched(off, crowded.boxes),
                                                                        matched(on, crowded.boxes))
+
+
+
+def test_proposal_boxes_place_two_children_across_the_parent():
+    """Four even proposals (the benchmark's "even" set is the first four), then four uneven ones with
+    a thin child on each side: boxes (top, left, height, width) in pixels from the parent's extent and
+    window."""
+    extent = torch.tensor([[10.0, 5.0, 30.0, 15.0]])     # x0, y0, x1, y1: 20 × 10 px, centre (y 10, x 20)
+    window = torch.tensor([[12.0, 24.0]])                # the parent's sprite window (h, w)
+    b = proposal_boxes(extent, window)
+    assert b.shape == (1, 8, 2, 4)
+    # side by side: centres a quarter of the extent (5 px) either side, windows 0.65 as wide
+    assert torch.allclose(b[0, 0], torch.tensor([[4.0, 15 - 7.8, 12.0, 15.6], [4.0, 25 - 7.8, 12.0, 15.6]]))
+    # one above the other: a quarter of the 10-px extent, windows 0.65 as high
+    assert torch.allclose(b[0, 1], torch.tensor([[7.5 - 3.9, 8.0, 7.8, 24.0], [12.5 - 3.9, 8.0, 7.8, 24.0]]))
+    # a thin child on the left: half the window, centred 0.3 of the extent (6 px) left of the centre;
+    # the wide one 0.75 of it, centred 3 px right
+    assert torch.allclose(b[0, 4], torch.tensor([[4.0, 8.0, 12.0, 12.0], [4.0, 14.0, 12.0, 18.0]]))
+    # ... and one above: half the window's height, 3 px above the centre; the other 1.5 px below
+    assert torch.allclose(b[0, 6], torch.tensor([[7.0 - 3.0, 8.0, 6.0, 24.0], [11.5 - 4.5, 8.0, 9.0, 24.0]]))
+    centre = b[..., :2] + b[..., 2:] / 2 - torch.tensor([10.0, 20.0])      # child centre − parent centre
+    area = b[..., 2] * b[..., 3]
+    for r in range(8):                   # the children straddle the centre
+        assert float((centre[0, r, 0] * centre[0, r, 1]).sum()) < 0
+        if r >= 4:                       # uneven: the smaller child is the farther one
+            small = int(area[0, r].argmin())
+            assert centre[0, r, small].norm() > centre[0, r, 1 - small].norm()
+    assert torch.equal(proposal_boxes(extent, window, PROPOSALS[:1]), b[:, :1])
