@@ -1,7 +1,8 @@
 """Split moves: where the proposals put the two children, when the moves leave the output alone,
 what an accepted split changes (and what it does not), and that on held-out scenes they find digits
 the shipped model had merged, without splitting single digits. Removal moves: each object's gain is
-the objective without it minus with it, a duplicate goes and its twin stays, and on held-out scenes they drop boxes without losing digits."""
+the objective without it minus with it, a duplicate goes and its twin stays, and on held-out scenes
+they drop boxes without losing digits."""
 
 import dataclasses
 import math
