@@ -13,10 +13,10 @@ reported object (the *parent*), with all other objects held fixed:
 1. Eight proposals place two children along the parent's pixel extent. Four even ones: side by side,
    one above the other, and along both diagonals, each child centred a quarter of the extent from the
    centre, with a window 0.65 (0.75 on the diagonals) of the parent's along the split. Four uneven
-   ones, for a thin digit (a 1) beside or above a wide one, on each of the four sides: a child with
-   half the parent's window along the split, centred 0.3 of the extent from the centre, and one with
-   0.75 of it, centred 0.15 to the other side (the even splits start both children over the wide
-   digit, and the search then often ends with the thin one unexplained).
+   ones, one per side: a child with half the parent's window along the split, centred 0.3 of the
+   extent from the centre, and one with 0.75 of it, centred 0.15 to the other side (made for a thin
+   digit, a 1, beside a wide one, where both even children start over the wide digit; on validation
+   scenes they found other merged pairs too: docs/cpu-recipe.md, "Uneven proposals").
 2. Each child's z_what starts at the object encoder's mean for a glimpse at its box (paper 4.3's
    e^obj), its depth at the parent's; the children's z_what, boxes (a ``box_std_px`` Gaussian pull
    towards the proposal) and depth factors take ``steps`` Adam steps on the same objective as
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -76,7 +77,7 @@ PROPOSALS = (((0.0, -0.25, 1.0, 0.65), (0.0, 0.25, 1.0, 0.65)),        # side by
              ((-0.3, 0.0, 0.5, 1.0), (0.15, 0.0, 0.75, 1.0)),          # above,
              ((0.3, 0.0, 0.5, 1.0), (-0.15, 0.0, 0.75, 1.0)))          # below
 
-#: Parents per chunk of hypotheses (bounds the memory: each parent holds 4 proposals of crop size).
+#: Parents per chunk of hypotheses (bounds the memory: each parent holds 8 proposals of crop size).
 PARENT_CHUNK = 256
 
 #: Per-cell fields of :class:`~spair.models.spair.SpairOutput` that get a slot for each child.
@@ -91,7 +92,7 @@ def _crop_boxes(boxes: torch.Tensor, image_hw: tuple[int, int], origin: torch.Te
     return torch.stack([y, x, boxes[..., 2] * H / size, boxes[..., 3] * W / size], -1)
 
 
-def proposal_boxes(extent: torch.Tensor, window: torch.Tensor, proposals=None) -> torch.Tensor:
+def proposal_boxes(extent: torch.Tensor, window: torch.Tensor, proposals: Sequence | None = None) -> torch.Tensor:
     """The children's pixel boxes (P, R, 2, 4) (top, left, height, width) of each proposal (default
     :data:`PROPOSALS`) for parents with pixel extent ``extent`` (P, 4) (x0, y0, x1, y1) and sprite
     window ``window`` (P, 2) (height, width) in pixels: each child centred at the extent's centre plus
