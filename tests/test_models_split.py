@@ -196,7 +196,6 @@ def test_removal_moves_drop_boxes_without_losing_digits(shipped, monkeypatch):
                                                                        matched(on, crowded.boxes))
 
 
-
 def test_proposal_boxes_place_two_children_across_the_parent():
     """Four even proposals (the benchmark's "even" set is the first four), then four uneven ones with
     a thin child on each side: boxes (top, left, height, width) in pixels from the parent's extent and
