@@ -42,28 +42,14 @@ def proposal_sets() -> dict:
 
 
 def run(checkpoint: str | None, digits: list[int], settings: list[tuple[str, int]], n: int, seed: int) -> dict:
-    from split_moves import measure, val_scenes   # the benchmark beside this one (same folder)
+    from split_moves import sweep_rule   # the benchmark beside this one (same folder)
 
-    from spair.models import spair_detector as sd
-    from spair.models import split
-    from spair.models.io import load_model
+    from spair.models.split import split_objects
 
-    model = load_model(checkpoint)
     sets = proposal_sets()
-    original = split.PROPOSALS, sd.split_objects
-    rows = []
-    try:
-        for k in digits:
-            scenes = val_scenes(k, n, seed)
-            for name, steps in settings:
-                split.PROPOSALS = sets[name]
-                sd.split_objects = functools.partial(split.split_objects, screen_steps=steps)
-                rows.append(measure(sd.SpairDetector(model=model), scenes, k,
-                                    {"setting": f"{name}:{steps}", "proposals": len(sets[name]),
-                                     "screen_steps": steps}))
-    finally:
-        split.PROPOSALS, sd.split_objects = original
-    return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
+    rules = [(f"{name}:{steps}", functools.partial(split_objects, screen_steps=steps, proposals=sets[name]))
+             for name, steps in settings]
+    return sweep_rule(checkpoint, digits, n, seed, "split_objects", "setting", rules)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,7 +124,7 @@ def _nll(x: torch.Tensor, bg: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> 
 def _best_split(model: Spair, x: torch.Tensor, pb: torch.Tensor, ps: torch.Tensor, boxes: torch.Tensor,
                 what: torch.Tensor, depth: torch.Tensor, ext: torch.Tensor, bg_all: torch.Tensor, origin: torch.Tensor,
                 size: int, nidx: torch.Tensor, nvalid: torch.Tensor, steps: int, lr: float, box_std_px: float,
-                what_prior: float, screen_steps: int
+                what_prior: float, screen_steps: int, proposals: Sequence | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best proposal of each parent (image ``pb``, slot ``ps``; the objects' ``boxes``, ``what``,
     ``depth``, ``ext`` (B, K, ·)): its gain in J (−inf for parents cut at screening) and its children's
@@ -153,7 +153,7 @@ def _best_split(model: Spair, x: torch.Tensor, pb: torch.Tensor, ps: torch.Tenso
 
         # the proposals: P·R hypotheses of two children each
         window = parent_box[:, 2:] * parent_box.new_tensor([H, W])             # (P, 2) px
-        child_px = proposal_boxes(e, window)                                   # (P, R, 2, 4) px
+        child_px = proposal_boxes(e, window, proposals)                        # (P, R, 2, 4) px
         R = child_px.shape[1]
         child_px = child_px.reshape(P * R, 2, 4)
         scale = child_px.new_tensor([H, W, H, W])
@@ -221,11 +221,13 @@ def _best_split(model: Spair, x: torch.Tensor, pb: torch.Tensor, ps: torch.Tenso
 def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor, extents: torch.Tensor,
                   min_gain: float = SPLIT_MIN_GAIN, steps: int = REFINE_STEPS, lr: float = REFINE_LR,
                   box_std_px: float = SPLIT_BOX_STD_PX, what_prior: float = REFINE_WHAT_PRIOR,
-                  screen_steps: int = SPLIT_SCREEN_STEPS) -> tuple[SpairOutput, torch.Tensor]:
+                  screen_steps: int = SPLIT_SCREEN_STEPS, proposals: Sequence | None = None
+                  ) -> tuple[SpairOutput, torch.Tensor]:
     """Split the present objects (``present`` (B, N) bool) that two objects explain better (module
     docstring). ``extents`` (B, N, 4) are the pixel boxes (x0, y0, x1, y1) of the image pixels each
-    object explains (the segment boxes). Returns the output, with E ≥ 0 appended slots, and the
-    present mask (B, N + E); ``out`` and ``present`` themselves when nothing splits."""
+    object explains (the segment boxes); ``proposals`` defaults to :data:`PROPOSALS`. Returns the output,
+    with E ≥ 0 appended slots, and the present mask (B, N + E); ``out`` and ``present`` themselves when
+    nothing splits."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if out.background is None:
@@ -268,7 +270,7 @@ def split_objects(model: Spair, out: SpairOutput, x: torch.Tensor, present: torc
     nidx, nvalid = _first(near, Kn)
 
     results = [_best_split(model, x, pb[c], ps[c], boxes, what, depth, ext, bg_all, origin[c], size,
-                           nidx[c], nvalid[c], steps, lr, box_std_px, what_prior, screen_steps)
+                           nidx[c], nvalid[c], steps, lr, box_std_px, what_prior, screen_steps, proposals)
                for c in torch.arange(P, device=dev).split(PARENT_CHUNK)]
     best_gain = torch.cat([r[0] for r in results])
     c_what, c_box, c_depth = (torch.cat([r[k] for r in results]) for k in (1, 2, 3))
