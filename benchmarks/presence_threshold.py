@@ -2,7 +2,7 @@
 """SPAIR-AP of a checkpoint on *validation* scenes by number of digits and presence threshold.
 
 For each ``--digits`` n, 48×48 scenes with exactly n digits of the validation digit split (seed
-``--seed``, never the test scenes) go through ``SpairDetector`` (deterministic inference, segment
+``--seed``, never the test scenes) go through ``SpairDetector`` (one grid view, deterministic inference, segment
 boxes, duplicate removal) with each ``--min-scores`` value, with and without the unexplained-ink
 completion (``explain_min_score`` 0.05 / off). Prints one line per setting and a JSON object; with
 ``--out`` writes the JSON atomically.
@@ -34,7 +34,7 @@ def sweep(checkpoint: str | None, digits: list[int], min_scores: list[float], n:
     from spair.metrics import evaluate_detections
     from spair.models.spair_detector import EXPLAIN_MIN_SCORE, SpairDetector
 
-    det = SpairDetector(checkpoint=checkpoint)
+    det = SpairDetector(checkpoint=checkpoint, grid_shifts=1)
     rows = []
     for k in digits:
         scenes = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(k, k), split="val"), n, seed)

@@ -2,7 +2,7 @@
 """SPAIR-AP with and without test-time refinement of the latents, on *validation* scenes.
 
 For each ``--digits`` n, 48×48 scenes with exactly n digits of the validation digit split (seed
-``--seed``; 84×84 for n ≥ 15) go through ``SpairDetector`` (deterministic inference, segment boxes,
+``--seed``; 84×84 for n ≥ 15) go through ``SpairDetector`` (one grid view, deterministic inference, segment boxes,
 duplicate removal, unexplained-ink completion) with each ``--steps`` value of ``refine_steps``
 (``spair.models.refine``; 0 = off), and, with ``--sweep``, the refinement's other settings around
 their defaults (learning rate, box std, z_what prior weight) at the default step count. Prints one
@@ -56,7 +56,7 @@ def run(checkpoint: str | None, digits: list[int], steps: list[int], sweep: bool
     try:
         for s, kw in settings:
             spair_detector.refine_latents = functools.partial(original, **kw)
-            det = spair_detector.SpairDetector(model=model, refine_steps=s)
+            det = spair_detector.SpairDetector(model=model, refine_steps=s, grid_shifts=1)
             for k, sc in scenes.items():
                 t0 = time.perf_counter()
                 found = det.detect(list(sc.images))

@@ -2,7 +2,7 @@
 """SPAIR-AP with and without split moves (``spair.models.split``), on *validation* scenes.
 
 For each ``--digits`` n, scenes with exactly n digits of the validation digit split (seed ``--seed``;
-48×48, 84×84 for n ≥ 15 with half as many scenes) go through ``SpairDetector`` (deterministic
+48×48, 84×84 for n ≥ 15 with half as many scenes) go through ``SpairDetector`` (one grid view, deterministic
 inference, refinement on) with each ``--gains`` value of ``split_min_gain`` ("off" = no split moves,
 and no second refinement pass). Prints one JSON line per setting and n with SPAIR-AP, AP@0.1,
 AP@0.5, AP@0.9, the number of boxes against the number of digits, and the detection time; with
@@ -75,7 +75,7 @@ def sweep_rule(checkpoint: str | None, digits: list[int], n: int, seed: int, nam
             scenes = val_scenes(k, n, seed)
             for label, rule in settings:
                 setattr(sd, name, rule)
-                rows.append(measure(sd.SpairDetector(model=model), scenes, k, {key: label}))
+                rows.append(measure(sd.SpairDetector(model=model, grid_shifts=1), scenes, k, {key: label}))
     finally:
         setattr(sd, name, original)
     return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
@@ -90,7 +90,7 @@ def run(checkpoint: str | None, digits: list[int], gains: list[float | None], n:
     for k in digits:
         scenes = val_scenes(k, n, seed)
         for gain in gains:
-            rows.append(measure(SpairDetector(model=model, split_min_gain=gain), scenes, k,
+            rows.append(measure(SpairDetector(model=model, split_min_gain=gain, grid_shifts=1), scenes, k,
                                 {"split_min_gain": "off" if gain is None else gain}))
     return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
 

@@ -487,3 +487,13 @@ def test_spair_detection_defaults_are_the_library_constants():
     for bad in ("-1", "nan", "inf", "none"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--split-min-gain", bad])
+    from spair.models.shifts import ALLOWED_SHIFTS, GRID_SHIFTS
+
+    assert opts["grid_shifts"] == GRID_SHIFTS
+    assert build_parser().parse_args(["experiment", "pretrained"]).grid_shifts == GRID_SHIFTS
+    for n in ALLOWED_SHIFTS:
+        args = build_parser().parse_args(["eval", "--data", "d", "--grid-shifts", str(n)])
+        assert METHODS["spair"].options(args)["grid_shifts"] == n
+    for bad in ("0", "2", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--grid-shifts", bad])

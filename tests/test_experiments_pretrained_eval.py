@@ -38,7 +38,7 @@ def test_results_match_a_direct_evaluation(tmp_path, model_file):
         scenes = get_dataset(PE.test_spec(case, 12), tmp_path / "cache")
         assert scenes.images.shape[1:3] == (case.size, case.size)
         assert all(len(b) == case.n for b in scenes.boxes)
-        direct = evaluate(model, scenes)
+        direct = evaluate(model, scenes, grid_shifts=4)   # the experiment votes over 4 grid views
         for k in PE.REPORTED:
             assert row[k] == pytest.approx(direct[k], abs=1e-9), k
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
@@ -67,8 +67,13 @@ def test_defaults_are_the_detectors_and_the_table_names_the_split_moves():
     params = inspect.signature(PE.run_pretrained_eval).parameters
     assert params["refine_steps"].default == REFINE_STEPS == GeneralizationSettings().refine_steps
     assert params["split_min_gain"].default == SPLIT_MIN_GAIN
+    from spair.models.shifts import GRID_SHIFTS
+
+    assert params["grid_shifts"].default == GRID_SHIFTS
     rows = [{"image_size": 48, "n_digits": 1, "n_scenes": 10, **{k: 0.5 for k in PE.REPORTED}}]
     base = {"checkpoint": "shipped", "test_seed": 2, "command": "c", "rows": rows, "refine_steps": 20}
     assert "split and removal moves: 30 nats per object" in PE.results_table({**base, "split_min_gain": 30.0})
     assert "split and removal moves: off" in PE.results_table({**base, "split_min_gain": None})
     assert "split and removal moves: off" in PE.results_table(base)   # results written before the moves existed
+    assert "grid views: 4" in PE.results_table({**base, "grid_shifts": 4})
+    assert "grid views: 1" in PE.results_table(base)                  # results written before the views existed

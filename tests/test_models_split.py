@@ -99,14 +99,14 @@ def test_split_moves_find_merged_digits_and_leave_single_digits_alone(shipped):
     """Held-out scenes of 9 digits: more digits matched at IoU 0.5 (the merged ones); scenes of one
     digit: not one more box."""
     crowded = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(9, 9), split="val"), 32, 5)
-    off = SpairDetector(model=shipped, split_min_gain=None).detect(list(crowded.images))
-    on = SpairDetector(model=shipped).detect(list(crowded.images))
+    off = SpairDetector(model=shipped, split_min_gain=None, grid_shifts=1).detect(list(crowded.images))
+    on = SpairDetector(model=shipped, grid_shifts=1).detect(list(crowded.images))
     assert matched(on, crowded.boxes) >= matched(off, crowded.boxes) + 8, (matched(off, crowded.boxes),
                                                                           matched(on, crowded.boxes))
     single = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(1, 1), split="val"), 64, 5)
-    dets = SpairDetector(model=shipped).detect(list(single.images))
+    dets = SpairDetector(model=shipped, grid_shifts=1).detect(list(single.images))
     assert [len(d) for d in dets] == [len(d) for d in
-                                      SpairDetector(model=shipped, split_min_gain=None).detect(list(single.images))]
+                                      SpairDetector(model=shipped, split_min_gain=None, grid_shifts=1).detect(list(single.images))]
 
 
 def test_detector_rejects_a_negative_gain():
@@ -187,9 +187,9 @@ def test_removal_moves_drop_boxes_without_losing_digits(shipped, monkeypatch):
     from spair.models import spair_detector as sd
 
     crowded = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(9, 9), split="val"), 64, 5)
-    on = SpairDetector(model=shipped).detect(list(crowded.images))
+    on = SpairDetector(model=shipped, grid_shifts=1).detect(list(crowded.images))
     monkeypatch.setattr(sd, "remove_objects", lambda model, out, x, present, *_: present)
-    off = SpairDetector(model=shipped).detect(list(crowded.images))
+    off = SpairDetector(model=shipped, grid_shifts=1).detect(list(crowded.images))
     boxes_on, boxes_off = sum(len(d) for d in on), sum(len(d) for d in off)
     assert boxes_on < boxes_off, (boxes_on, boxes_off)
     assert matched(on, crowded.boxes) >= matched(off, crowded.boxes), (matched(off, crowded.boxes),

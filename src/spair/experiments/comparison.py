@@ -529,7 +529,7 @@ def plot_examples(path: str | Path, n: int, test: Any, runs: dict[str, dict[str,
             dets = ConnCompDetector(tau=run["tau"]).detect(images, backgrounds=backgrounds)
         elif method == "spair":
             dets = SpairDetector(model=load_model(run_dir / "best.pt"), box_mode=settings.box_mode,
-                                 sample=settings.sample).detect(images, backgrounds)
+                                 sample=settings.sample, grid_shifts=1).detect(images, backgrounds)  # as evaluated
         else:
             dets = AirDetector(model=load_air_model(run_dir / "best.pt"), box_mode=settings.box_mode,
                                sample=settings.sample).detect(images, n_steps=np.asarray(counts))

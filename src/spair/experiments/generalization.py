@@ -833,7 +833,7 @@ def plot_examples(path: str | Path, lines: Sequence[Line], state: dict[str, Any]
             continue
         ckpt = Path(runs[0]["run"]) / runs[0].get("checkpoint", "best.pt")
         detector = SpairDetector(model=load_model(ckpt), box_mode=settings.box_mode, sample=settings.sample,
-                                 refine_steps=settings.refine_steps)
+                                 refine_steps=settings.refine_steps, grid_shifts=1)   # one view, as evaluated
         dets = detector.detect(images, backgrounds)
         for i, n in enumerate(ns):
             grid_images.append(images[i])

@@ -22,7 +22,8 @@ explain input ink no reported object explains (:func:`unexplained_objects`); wit
 (deterministic inference only) the reported objects' latents are first refined on the image
 (:mod:`spair.models.refine`), an object that two objects explain better is split in two and an
 object that does not pay for itself is removed (:mod:`spair.models.split`), and the boxes come from
-the refined sprites.
+the refined sprites. :class:`SpairDetector` (``spair detect``, ``spair eval``) runs all this on the image at
+``grid_shifts`` offsets of the cell grid and keeps the objects most views agree on (:mod:`spair.models.shifts`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..errors import ConfigError, DataError
 from ..ops.render import component_labels, component_sums, mask_extents, sample_windows, window_size
 from .detector import Detections, register_detector
 from .refine import REFINE_STEPS, refine_latents
+from .shifts import GRID_SHIFTS, check_grid_shifts, detect_on_shifted_grids, most_frequent_colours
 from .split import SPLIT_MIN_GAIN, remove_objects, split_objects
 from .spair import SampleMode, Spair, SpairOutput
 
@@ -434,7 +436,7 @@ class SpairDetector:
                  batch_size: int = 32, sample: SampleMode = "mean", seed: int = 0, device: str = "cpu",
                  ink_threshold: float = INK_THRESHOLD, model: Spair | None = None,
                  explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
-                 split_min_gain: float | None = SPLIT_MIN_GAIN):
+                 split_min_gain: float | None = SPLIT_MIN_GAIN, grid_shifts: int = GRID_SHIFTS):
         from .io import load_model
 
         if not 0.0 <= min_score <= 1.0:
@@ -454,6 +456,7 @@ class SpairDetector:
         if split_min_gain is not None and not split_min_gain >= 0.0:
             raise ConfigError(f"split_min_gain must be >= 0 (None: no split moves), got {split_min_gain}")
         self.split_min_gain = split_min_gain
+        self.grid_shifts = check_grid_shifts(grid_shifts)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def detect(self, images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray] | None = None) -> list[Detections]:
@@ -465,30 +468,23 @@ class SpairDetector:
         for idx in by_size.values():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                x = to_tensor([images[i] for i in chunk], self.device)
-                bg = None
-                if given:
-                    if backgrounds is None:
-                        bg = _estimate_backgrounds([images[i] for i in chunk])
-                    else:
-                        bg = np.stack([np.asarray(backgrounds[i]) for i in chunk])
-                    bg = torch.from_numpy(bg).float().div(255.0).to(self.device)
-                out = run_model(self.model, x, self.sample, self.generator, bg)
-                dets = detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
-                                              use_samples=self.sample != "mean", x=x,
-                                              explain_min_score=self.explain_min_score,
-                                              refine_steps=self.refine_steps, split_min_gain=self.split_min_gain)
+                batch = np.stack([np.asarray(images[i]) for i in chunk])
+                colours = None if backgrounds is None else np.stack([np.asarray(backgrounds[i]) for i in chunk])
+                if given and colours is None:
+                    colours = most_frequent_colours(batch)
+                given_bg = colours if given else None
+                dets = detect_on_shifted_grids(lambda b, bg=given_bg: self._detect_batch(b, bg), batch, colours,
+                                               self.model.cfg.cell_size, self.grid_shifts)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]
 
-
-def _estimate_backgrounds(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Most frequent colour of each image (uint8 (B, 3))."""
-    out = []
-    for im in images:
-        packed = (im[..., 0].astype(np.int64) << 16) | (im[..., 1].astype(np.int64) << 8) | im[..., 2]
-        vals, counts = np.unique(packed.ravel(), return_counts=True)
-        v = int(vals[counts.argmax()])
-        out.append([(v >> 16) & 255, (v >> 8) & 255, v & 255])
-    return np.asarray(out, dtype=np.uint8)
+    def _detect_batch(self, batch: np.ndarray, colours: np.ndarray | None) -> list[Detections]:
+        """Detections for uint8 images (B, H, W, 3) of one size; ``colours`` (B, 3): their given backgrounds."""
+        x = to_tensor(batch, self.device)
+        bg = None if colours is None else torch.from_numpy(colours).float().div(255.0).to(self.device)
+        out = run_model(self.model, x, self.sample, self.generator, bg)
+        return detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
+                                      use_samples=self.sample != "mean", x=x,
+                                      explain_min_score=self.explain_min_score,
+                                      refine_steps=self.refine_steps, split_min_gain=self.split_min_gain)

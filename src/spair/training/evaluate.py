@@ -22,6 +22,7 @@ from ..metrics import evaluate_detections, spair_ap
 from ..models.detector import Detections
 from ..models.spair import SampleMode, Spair
 from ..models.refine import REFINE_STEPS
+from ..models.shifts import detect_on_shifted_grids
 from ..models.spair_detector import (EXPLAIN_MIN_SCORE, INK_THRESHOLD, BoxMode, detections_from_output,
                                      run_model)
 from ..models.split import SPLIT_MIN_GAIN
@@ -33,26 +34,30 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
             backgrounds: np.ndarray | None = None, ink_threshold: float = INK_THRESHOLD,
             device: str | torch.device | None = None,
             explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
-            split_min_gain: float | None = SPLIT_MIN_GAIN) -> list[Detections]:
-    """Detections for uint8 images (N, H, W, 3) of one size."""
+            split_min_gain: float | None = SPLIT_MIN_GAIN, grid_shifts: int = 1) -> list[Detections]:
+    """Detections for uint8 images (N, H, W, 3) of one size; ``grid_shifts`` 4 votes over the image at
+    four offsets of the cell grid (:mod:`spair.models.shifts`; 1: the image alone, as in training)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     out_dets: list[Detections] = []
     given = model.cfg.background == "given"
+    if given and backgrounds is None:
+        raise ValueError("a model with background 'given' needs the background colours")
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        bg = None
-        if given:
-            if backgrounds is None:
-                raise ValueError("a model with background 'given' needs the background colours")
-            bg = torch.from_numpy(backgrounds[start:start + batch_size]).float().div(255.0).to(device)
-        out = run_model(model, x, sample, gen, bg)
-        out_dets += detections_from_output(model, out, box_mode, min_score, ink_threshold,
-                                           use_samples=sample != "mean", x=x, explain_min_score=explain_min_score,
-                                           refine_steps=refine_steps, split_min_gain=split_min_gain)
+        batch = np.ascontiguousarray(images[start:start + batch_size])
+        colours = None if backgrounds is None else np.asarray(backgrounds[start:start + batch_size])
+
+        def detect(b: np.ndarray, colours: np.ndarray | None = colours) -> list[Detections]:
+            x = torch.from_numpy(np.ascontiguousarray(b)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            bg = torch.from_numpy(colours).float().div(255.0).to(device) if given else None
+            out = run_model(model, x, sample, gen, bg)
+            return detections_from_output(model, out, box_mode, min_score, ink_threshold,
+                                          use_samples=sample != "mean", x=x, explain_min_score=explain_min_score,
+                                          refine_steps=refine_steps, split_min_gain=split_min_gain)
+
+        out_dets += detect_on_shifted_grids(detect, batch, colours, model.cfg.cell_size, grid_shifts)
     model.train(was_training)
     return out_dets
 
@@ -61,14 +66,15 @@ def evaluate(model: Spair, scenes: Scenes, *, batch_size: int = 100, sample: Sam
              box_mode: BoxMode = "segment", min_score: float = 0.5, seed: int = 0,
              ink_threshold: float = INK_THRESHOLD,
              explain_min_score: float | None = EXPLAIN_MIN_SCORE, refine_steps: int = REFINE_STEPS,
-             split_min_gain: float | None = SPLIT_MIN_GAIN) -> dict[str, Any]:
+             split_min_gain: float | None = SPLIT_MIN_GAIN, grid_shifts: int = 1) -> dict[str, Any]:
     """All detection metrics of ``model`` on ``scenes`` (plus the mean predicted box size).
 
     ``spair_AP`` is the paper's protocol with confidence 1 for every reported box;
     ``spair_ranked_AP`` is the same protocol ranking the boxes by presence probability."""
     dets = predict(model, scenes.images, batch_size=batch_size, sample=sample, box_mode=box_mode,
                    min_score=min_score, seed=seed, backgrounds=scenes.backgrounds, ink_threshold=ink_threshold,
-                   explain_min_score=explain_min_score, refine_steps=refine_steps, split_min_gain=split_min_gain)
+                   explain_min_score=explain_min_score, refine_steps=refine_steps, split_min_gain=split_min_gain,
+                   grid_shifts=grid_shifts)
     H, W = scenes.images.shape[1:3]
     boxes, scores = [d.boxes for d in dets], [d.scores for d in dets]
     metrics = evaluate_detections(boxes, scores, scenes.boxes, image_sizes=[(H, W)] * len(scenes))

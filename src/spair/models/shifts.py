@@ -1,0 +1,149 @@
+"""Shifted grids: detect on the image at several offsets of SPAIR's cell grid and keep what most agree on.
+
+SPAIR's encoder reads the image on a fixed grid of cells, and each cell reports at most one object. Where
+a digit falls on the grid decides much of what happens to it: two digits that touch inside one cell are
+drawn by one object, a digit cut by a cell border can be split between two weak cells, and the box a
+blurry sprite leaves differs by a pixel or two. Moving the image by half a cell changes all of that
+while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on the image as it is and
+padded by half a cell at the top, at the left and at both (:func:`grid_offsets`), moves the boxes back,
+and votes (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one
+object, an object found in at least half of the views is reported, its box the coordinate-wise median of
+its views' boxes and its score the mean of their scores (the presence probability, averaged over the
+views that found it).
+
+The views disagree mostly where one of them errs, so the vote removes the merged pairs, spurious splits
+and ragged edges that depend on the grid's position (docs/cpu-recipe.md, "Shifted grids"). It costs one
+detection per view. Padding uses the image's background colour (the given one, or the most frequent
+colour of the image), so the padded image shows the same scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .detector import Detections
+
+GRID_SHIFTS = 4
+"""Views the detector votes over by default (1: the image alone)."""
+VOTE_IOU = 0.3
+"""Boxes of two views that overlap at least this much are the same object."""
+ALLOWED_SHIFTS = (1, 4)
+
+
+def check_grid_shifts(n: int) -> int:
+    if n not in ALLOWED_SHIFTS:
+        raise ConfigError(f"grid_shifts must be one of {', '.join(map(str, ALLOWED_SHIFTS))}, got {n}")
+    return n
+
+
+def grid_offsets(cell_size: int, n: int) -> list[tuple[int, int]]:
+    """(dy, dx) pixel offsets of the image on the grid: (0, 0) alone, or with a half cell down, right and both."""
+    check_grid_shifts(n)
+    if n == 1:
+        return [(0, 0)]
+    h = max(cell_size // 2, 1)
+    return [(0, 0), (0, h), (h, 0), (h, h)]
+
+
+def most_frequent_colours(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """Most frequent colour of each uint8 RGB image (uint8 (B, 3)): the background estimate."""
+    out = []
+    for im in images:
+        packed = (im[..., 0].astype(np.int64) << 16) | (im[..., 1].astype(np.int64) << 8) | im[..., 2]
+        vals, counts = np.unique(packed.ravel(), return_counts=True)
+        v = int(vals[counts.argmax()])
+        out.append([(v >> 16) & 255, (v >> 8) & 255, v & 255])
+    return np.asarray(out, dtype=np.uint8).reshape(-1, 3)
+
+
+def pad_images(images: np.ndarray, colours: np.ndarray, dy: int, dx: int, cell_size: int) -> np.ndarray:
+    """uint8 images (B, H, W, 3) placed ``dy`` px down and ``dx`` px right on a canvas of their
+    background ``colours`` (B, 3), the canvas grown at the bottom and right to whole cells."""
+    B, H, W, C = images.shape
+    ph = (-(H + dy)) % cell_size if dy else 0
+    pw = (-(W + dx)) % cell_size if dx else 0
+    out = np.empty((B, H + dy + ph, W + dx + pw, C), dtype=images.dtype)
+    out[:] = np.asarray(colours, dtype=images.dtype).reshape(B, 1, 1, C)
+    out[:, dy:dy + H, dx:dx + W] = images
+    return out
+
+
+def unshift(d: Detections, dy: int, dx: int, hw: tuple[int, int]) -> Detections:
+    """Boxes found on a padded image, in the original image's coordinates (clipped to it; empty ones dropped)."""
+    H, W = hw
+    b = d.boxes - np.asarray([dx, dy, dx, dy], dtype=np.float32)
+    b = np.minimum(np.maximum(b, 0.0), np.asarray([W, H, W, H], dtype=np.float32))
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return Detections(b[keep], d.scores[keep])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (k, 4) with every box of ``b`` (m, 4)."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), -1)
+    area = lambda z: np.prod(z[:, 2:] - z[:, :2], -1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detections:
+    """One image's detections from several views: the objects at least half of the views found, each
+    with the median of its views' boxes and the mean of their scores.
+
+    The views are taken in order, each view's boxes most confident first; a box joins the object
+    (the cluster of earlier views' boxes) whose median box it overlaps most, if that IoU is at least
+    ``min_iou`` and the object holds no box of this view yet; otherwise it starts a new object.
+    """
+    k = len(views)
+    if k == 1:
+        return views[0]
+    members: list[list[np.ndarray]] = []
+    scores: list[float] = []
+    seen: list[set[int]] = []
+    for v, d in enumerate(views):
+        for i in np.argsort(-d.scores, kind="stable"):
+            box = d.boxes[i]
+            j = -1
+            if members:
+                medians = np.stack([np.median(m, 0) for m in members])
+                overlap = _iou(box[None], medians)[0]
+                overlap[[v in s for s in seen]] = -1.0
+                j = int(overlap.argmax())
+                if overlap[j] < min_iou:
+                    j = -1
+            if j < 0:
+                members.append([])
+                scores.append(0.0)
+                seen.append(set())
+            members[j].append(box)
+            scores[j] += float(d.scores[i])
+            seen[j].add(v)
+    keep = [j for j in range(len(members)) if 2 * len(seen[j]) >= k]
+    boxes = np.stack([np.median(members[j], 0) for j in keep]) if keep else np.zeros((0, 4), np.float32)
+    return Detections(boxes, np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
+
+
+def detect_on_shifted_grids(detect: Callable[[np.ndarray], list[Detections]], images: np.ndarray,
+                            colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS,
+                            min_iou: float = VOTE_IOU) -> list[Detections]:
+    """Run ``detect`` (uint8 images (B, H, W, 3) of one size → detections) on each of the ``n`` views of
+    the images and vote. ``colours`` (B, 3) pads the shifted views (None: each image's most frequent colour)."""
+    images = np.asarray(images)
+    offsets = grid_offsets(cell_size, n)
+    if len(offsets) == 1:
+        return detect(images)
+    if colours is None:
+        colours = most_frequent_colours(images)
+    hw = images.shape[1:3]
+    views = []
+    for dy, dx in offsets:
+        if dy == 0 and dx == 0:
+            views.append(detect(images))
+        else:
+            found = detect(pad_images(images, colours, dy, dx, cell_size))
+            views.append([unshift(d, dy, dx, hw) for d in found])
+    return [vote_detections([v[i] for v in views], min_iou) for i in range(len(images))]
