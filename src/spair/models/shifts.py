@@ -102,6 +102,7 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
     if k == 1:
         return views[0]
     members: list[list[np.ndarray]] = []
+    medians = np.zeros((0, 4), np.float32)              # each object's median box so far
     scores: list[float] = []
     seen: list[set[int]] = []
     for v, d in enumerate(views):
@@ -109,7 +110,6 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
             box = d.boxes[i]
             j = -1
             if members:
-                medians = np.stack([np.median(m, 0) for m in members])
                 overlap = _iou(box[None], medians)[0]
                 overlap[[v in s for s in seen]] = -1.0
                 j = int(overlap.argmax())
@@ -117,14 +117,15 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
                     j = -1
             if j < 0:
                 members.append([])
+                medians = np.concatenate([medians, box[None]])
                 scores.append(0.0)
                 seen.append(set())
             members[j].append(box)
+            medians[j] = np.median(members[j], 0)
             scores[j] += float(d.scores[i])
             seen[j].add(v)
     keep = [j for j in range(len(members)) if 2 * len(seen[j]) >= k]
-    boxes = np.stack([np.median(members[j], 0) for j in keep]) if keep else np.zeros((0, 4), np.float32)
-    return Detections(boxes, np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
+    return Detections(medians[keep], np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
 
 
 def detect_on_shifted_grids(detect: Callable[[np.ndarray], list[Detections]], images: np.ndarray,
