@@ -8,10 +8,10 @@ digits:
 
 The detector refines the reported objects' latents on each image (``refine_steps``, 20 by default;
 0 turns it off) and, with refinement, splits an object that two objects explain better by more than
-``split_min_gain`` nats (30 by default; None turns it off); with ``grid_shifts`` = 4 (the default, as in
-``spair detect``) it does all this on the image at four offsets of the cell grid and keeps the objects at
-least half of the views find (:mod:`spair.models.shifts`; 1: the image alone). Each is scored with SPAIR-AP (the
-paper's protocol), SPAIR-AP ranked by presence probability, COCO AP and the count errors. ``results.json`` and ``results.md`` (a table) are written into ``out``.
+``split_min_gain`` nats (30 by default; None turns it off); with ``grid_shifts`` = 4 (the default, as
+in ``spair detect``) it does all this on the image at four offsets of the cell grid and keeps the
+objects at least half of the views find (:mod:`spair.models.shifts`; 1: the image alone). Each is
+scored with SPAIR-AP (the paper's protocol), SPAIR-AP ranked by presence probability, COCO AP and the count errors. ``results.json`` and ``results.md`` (a table) are written into ``out``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def test_spec(case: Case, n_scenes: int):
 def run_pretrained_eval(out: str | Path, checkpoint: str | Path | None = None, n_scenes: int = 1000,
                         cases: tuple[Case, ...] = DEFAULT_CASES, cache_dir: str | Path | None = None,
                         num_threads: int = 0, refine_steps: int = 20, split_min_gain: float | None = 30.0,
-                        grid_shifts: int = GRID_SHIFTS, command: str = "spair experiment pretrained", log: Log = print) -> dict[str, Any]:
+                        grid_shifts: int = GRID_SHIFTS, command: str = "spair experiment pretrained",
+                        log: Log = print) -> dict[str, Any]:
     import torch
 
     from ..data.datasets import get_dataset
