@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics.ap import box_iou
 from .detector import Detections
 
 GRID_SHIFTS = 4
@@ -80,16 +81,6 @@ def unshift(d: Detections, dy: int, dx: int, hw: tuple[int, int]) -> Detections:
     return Detections(b[keep], d.scores[keep])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (k, 4) with every box of ``b`` (m, 4)."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), -1)
-    area = lambda z: np.prod(z[:, 2:] - z[:, :2], -1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detections:
     """One image's detections from several views: the objects at least half of the views found, each
     with the median of its views' boxes and the mean of their scores.
@@ -110,7 +101,7 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
             box = d.boxes[i]
             j = -1
             if members:
-                overlap = _iou(box[None], medians)[0]
+                overlap = box_iou(box[None], medians)[0]
                 overlap[[v in s for s in seen]] = -1.0
                 j = int(overlap.argmax())
                 if overlap[j] < min_iou:
