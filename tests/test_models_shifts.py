@@ -75,6 +75,24 @@ def test_vote_keeps_what_half_the_views_find_with_the_median_box_and_mean_score(
     assert len(vote_detections([_dets(), _dets(), _dets(), _dets()])) == 0
 
 
+def test_vote_takes_each_objects_box_from_the_best_explaining_views_that_found_it():
+    digit, speck = [10, 10, 20, 24], [30, 30, 36, 40]
+    views = [_dets([11, 10, 20, 24], [30, 31, 36, 40]), _dets(digit), _dets([12, 10, 21, 24], speck),
+             _dets([10, 11, 20, 24])]
+    for d, j in zip(views, (500.0, 300.0, 400.0, 600.0)):
+        d.objective = j
+
+    def boxes(v):
+        return v.boxes[np.argsort(v.boxes[:, 0])]
+
+    # the digit: views 1 and 2 explain the image best; the speck: views 0 and 2 found it, view 2 is the better
+    np.testing.assert_array_equal(boxes(vote_detections(views, best_views=1)), [digit, speck])
+    np.testing.assert_allclose(boxes(vote_detections(views)), [[11, 10, 20.5, 24], [30, 30.5, 36, 40]])   # two best
+    np.testing.assert_allclose(vote_detections(views).scores, [1.0, 1.0])
+    views[3].objective = None                             # a view without an objective: the median of all
+    np.testing.assert_allclose(boxes(vote_detections(views, best_views=1)), [[10.5, 10, 20, 24], [30, 30.5, 36, 40]])
+
+
 def test_vote_never_merges_two_boxes_of_one_view():
     # two overlapping digits, each view reports both: they stay two objects
     a, b = [10, 10, 20, 24], [14, 10, 24, 24]
@@ -99,10 +117,11 @@ def test_the_vote_corrects_a_detector_whose_errors_depend_on_the_grid():
     truth = np.array([[5, 4, 11, 10], [14, 12, 19, 20]], np.float32)
     seen = []
 
-    def detect(batch):
+    def detect(batch, region):
         H, W = batch.shape[1:3]
         ys, xs = np.nonzero(batch[0, :, :, 0])
         dy, dx = int(ys.min()) - 4, int(xs.min()) - 5             # where the view put the image
+        assert region == (dy, dx, 24, 32) or region is None and (dy, dx) == (0, 0)
         seen.append((dy, dx, H, W))
         boxes = truth + np.array([dx, dy, dx, dy], np.float32)
         if (dy, dx) == (0, 4):
@@ -119,8 +138,8 @@ def test_the_vote_corrects_a_detector_whose_errors_depend_on_the_grid():
 
 def test_spair_detector_votes_over_shifted_grids():
     """The shipped model's detector with 4 views is the vote over its one-view detections of the image
-    placed at the four grid offsets on its background, and on held-out scenes it finds the digits one
-    view finds."""
+    placed at the four grid offsets on its background, each with the objective of its reading over the
+    image's own pixels, and on held-out scenes it finds the digits one view finds."""
     scenes = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(3, 3), split="test"), 8, 5)
     images = scenes.images
     single = SpairDetector(grid_shifts=1)
@@ -128,7 +147,9 @@ def test_spair_detector_votes_over_shifted_grids():
     views = []
     for dy, dx in grid_offsets(single.model.cfg.cell_size, 4):
         padded = pad_images(images, np.zeros((len(images), 3), np.uint8), dy, dx, single.model.cfg.cell_size)
-        views.append([unshift(d, dy, dx, (48, 48)) for d in single.detect(list(padded))])
+        found = single._detect_batch(padded, None, (dy, dx, 48, 48))
+        assert all(d.objective > 0 for d in found)
+        views.append([unshift(d, dy, dx, (48, 48)) for d in found])
     for i, d in enumerate(four):
         expected = vote_detections([v[i] for v in views])
         np.testing.assert_allclose(d.boxes, expected.boxes)

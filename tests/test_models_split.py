@@ -16,8 +16,8 @@ from spair.metrics import box_iou
 from spair.models.io import load_model
 from spair.models.refine import refine_latents
 from spair.models.spair_detector import SpairDetector, reported_objects, run_model, segment_boxes_px
-from spair.models.split import (PROPOSALS, _CELL_FIELDS, object_gains, overlapping_objects, proposal_boxes,
-                                remove_objects, split_objects)
+from spair.models.split import (PROPOSALS, _CELL_FIELDS, image_objective, object_gains, overlapping_objects,
+                                proposal_boxes, remove_objects, split_objects)
 from test_models_refine import images, recon_nll, small_model  # the same tiny untrained model
 
 
@@ -140,6 +140,41 @@ def test_object_gains_are_the_objective_without_each_object_minus_with_it():
     assert torch.equal(remove_objects(model, out, x, present, min_gain=math.inf), present)
     nothing = torch.zeros_like(present)
     assert torch.equal(remove_objects(model, out, x, nothing), nothing)
+
+
+def test_image_objective_is_the_likelihood_prior_and_price_of_the_present_objects():
+    """J + price per object, from a reference rendering of the whole image; over a region, its pixels only."""
+    model = small_model()
+    x = images(3, seed=2)
+    out = run_model(model, x)
+    present = torch.zeros(out.pres_prob.shape[:2], dtype=torch.bool)
+    present[0, [0, 4]] = True
+    present[2, [1, 2, 5, 7]] = True                       # image 1: nothing present
+    what = 0.5 * (out.z_what.square().sum(-1) * present).sum(1)
+    expected = recon_nll(model, out, x, present) + what + 30.0 * present.sum(1)
+    torch.testing.assert_close(image_objective(model, out, x, present, price=30.0), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(image_objective(model, out, x, present, price=0.0), expected - 30.0 * present.sum(1),
+                               rtol=1e-5, atol=1e-3)
+    # over a region, its pixels only: the top and bottom parts add up to the whole image
+    H, W = out.image_hw
+    full = image_objective(model, out, x, present, price=0.0)
+    torch.testing.assert_close(image_objective(model, out, x, present, price=0.0, region=(0, 0, H, W)), full)
+    top = image_objective(model, out, x, present, price=0.0, region=(0, 0, 10, W))
+    bottom = image_objective(model, out, x, present, price=0.0, region=(10, 0, H - 10, W))
+    torch.testing.assert_close(top + bottom - what, full, rtol=1e-5, atol=1e-3)
+
+
+def test_the_shipped_models_objective_prefers_its_own_reading_of_a_scene(shipped):
+    """On held-out scenes, the model's reading after refinement and the moves has a lower objective than
+    the same reading with any one digit's object taken away (each such object pays more than its price)."""
+    scenes = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(3, 3), split="test"), 4, 8)
+    x = torch.from_numpy(scenes.images).permute(0, 3, 1, 2).float() / 255.0
+    out, keep = reported_objects(shipped, run_model(shipped, x), x=x, refine_steps=20)
+    j = image_objective(shipped, out, x, keep)
+    for b, i in keep.nonzero().tolist():
+        fewer = keep.clone()
+        fewer[b, i] = False
+        assert float(image_objective(shipped, out, x, fewer)[b]) > float(j[b]), (b, i)
 
 
 def test_removal_drops_a_duplicate_and_keeps_its_twin(shipped):

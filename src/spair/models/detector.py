@@ -27,10 +27,14 @@ class Detections:
         boxes: float32 ``(k, 4)`` boxes ``(x0, y0, x1, y1)`` in continuous pixel coordinates
             (pixel column ``j`` covers ``[j, j + 1)``).
         scores: float32 ``(k,)`` confidence of each box, higher is more confident.
+        objective: how badly the detector's model explains the image with these objects (lower is
+            better; SPAIR: :func:`spair.models.split.image_objective`), or None where the detector
+            has no such measure. Views of one image compare by it (:mod:`spair.models.shifts`).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
+    objective: float | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)

@@ -7,9 +7,13 @@ blurry sprite leaves differs by a pixel or two. Moving the image by half a cell 
 while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on the image as it is and
 padded by half a cell at the top, at the left and at both (:func:`grid_offsets`), moves the boxes back,
 and votes (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one
-object, an object found in at least half of the views is reported, its box the coordinate-wise median of
-its views' boxes and its score the mean of their scores (the presence probability, averaged over the
-views that found it).
+object, an object found in at least half of the views is reported, its score the mean of their scores
+(the presence probability, averaged over the views that found it). Its box comes from the views that
+explain the image best: each view's reading of the image has a value of the model's own objective over
+the image's pixels (:func:`spair.models.split.image_objective`: the likelihood, the z_what prior and the
+price of each object, as in the split moves), and the box is the coordinate-wise median of the boxes of
+the ``VOTE_BEST_VIEWS`` (2) views with the lowest objective among those that found the object. Where
+the views carry no objective, it is the median of all their boxes.
 
 The views disagree mostly where one of them errs, so the vote removes the merged pairs, spurious splits
 and ragged edges that depend on the grid's position (docs/cpu-recipe.md, "Shifted grids"). It costs one
@@ -31,6 +35,9 @@ GRID_SHIFTS = 4
 """Views the detector votes over by default (1: the image alone)."""
 VOTE_IOU = 0.3
 """Boxes of two views that overlap at least this much are the same object."""
+VOTE_BEST_VIEWS = 2
+"""An object's box is the median of the boxes of this many of the views that found it, those that explain
+the image best (lowest objective)."""
 ALLOWED_SHIFTS = (1, 4)
 
 
@@ -78,12 +85,14 @@ def unshift(d: Detections, dy: int, dx: int, hw: tuple[int, int]) -> Detections:
     b = d.boxes - np.asarray([dx, dy, dx, dy], dtype=np.float32)
     b = np.minimum(np.maximum(b, 0.0), np.asarray([W, H, W, H], dtype=np.float32))
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return Detections(b[keep], d.scores[keep])
+    return Detections(b[keep], d.scores[keep], d.objective)
 
 
-def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detections:
+def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, best_views: int = VOTE_BEST_VIEWS
+                    ) -> Detections:
     """One image's detections from several views: the objects at least half of the views found, each
-    with the median of its views' boxes and the mean of their scores.
+    with the mean of their scores and the median box of the ``best_views`` views with the lowest
+    ``objective`` among those that found it (of all of them where a view has no objective).
 
     The views are taken in order, each view's boxes most confident first; a box joins the object
     (the cluster of earlier views' boxes) whose median box it overlaps most, if that IoU is at least
@@ -95,7 +104,7 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
     members: list[list[np.ndarray]] = []
     medians = np.zeros((0, 4), np.float32)              # each object's median box so far
     scores: list[float] = []
-    seen: list[set[int]] = []
+    seen: list[list[int]] = []                          # the views that found each object, in order
     for v, d in enumerate(views):
         for i in np.argsort(-d.scores, kind="stable"):
             box = d.boxes[i]
@@ -110,32 +119,42 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU) -> Detec
                 members.append([])
                 medians = np.concatenate([medians, box[None]])
                 scores.append(0.0)
-                seen.append(set())
+                seen.append([])
             members[j].append(box)
             medians[j] = np.median(members[j], 0)
             scores[j] += float(d.scores[i])
-            seen[j].add(v)
+            seen[j].append(v)
     keep = [j for j in range(len(members)) if 2 * len(seen[j]) >= k]
-    return Detections(medians[keep], np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
+    boxes = medians[keep]
+    if all(d.objective is not None for d in views):
+        rank = np.argsort([d.objective for d in views], kind="stable")   # best view first
+        order = np.argsort(rank, kind="stable")                          # each view's place in it
+        for r, j in enumerate(keep):
+            best = np.argsort(order[seen[j]], kind="stable")[:best_views]
+            boxes[r] = np.median(np.asarray(members[j])[best], 0)
+    return Detections(boxes, np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
 
 
-def detect_on_shifted_grids(detect: Callable[[np.ndarray], list[Detections]], images: np.ndarray,
-                            colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS,
+def detect_on_shifted_grids(detect: Callable[[np.ndarray, tuple[int, int, int, int] | None], list[Detections]],
+                            images: np.ndarray, colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS,
                             min_iou: float = VOTE_IOU) -> list[Detections]:
-    """Run ``detect`` (uint8 images (B, H, W, 3) of one size → detections) on each of the ``n`` views of
-    the images and vote. ``colours`` (B, 3) pads the shifted views (None: each image's most frequent colour)."""
+    """Run ``detect`` on each of the ``n`` views of the images and vote. ``detect`` takes uint8 images
+    (B, H', W', 3) of one size and where the original images lie in them, (top, left, height, width)
+    (None for a single view), and returns their detections (an ``objective`` of each, if it has one,
+    measured over those pixels).
+    ``colours`` (B, 3) pads the shifted views (None: each image's most frequent colour)."""
     images = np.asarray(images)
     offsets = grid_offsets(cell_size, n)
+    H, W = images.shape[1:3]
     if len(offsets) == 1:
-        return detect(images)
+        return detect(images, None)                    # one view: nothing to compare
     if colours is None:
         colours = most_frequent_colours(images)
-    hw = images.shape[1:3]
     views = []
     for dy, dx in offsets:
         if dy == 0 and dx == 0:
-            views.append(detect(images))
+            views.append(detect(images, (0, 0, H, W)))
         else:
-            found = detect(pad_images(images, colours, dy, dx, cell_size))
-            views.append([unshift(d, dy, dx, hw) for d in found])
+            found = detect(pad_images(images, colours, dy, dx, cell_size), (dy, dx, H, W))
+            views.append([unshift(d, dy, dx, (H, W)) for d in found])
     return [vote_detections([v[i] for v in views], min_iou) for i in range(len(images))]

@@ -39,7 +39,7 @@ from ..ops.render import component_labels, component_sums, mask_extents, sample_
 from .detector import Detections, register_detector
 from .refine import REFINE_STEPS, refine_latents
 from .shifts import GRID_SHIFTS, check_grid_shifts, detect_on_shifted_grids, most_frequent_colours
-from .split import SPLIT_MIN_GAIN, remove_objects, split_objects
+from .split import SPLIT_MIN_GAIN, image_objective, remove_objects, split_objects
 from .spair import SampleMode, Spair, SpairOutput
 
 BoxMode = Literal["window", "ink", "segment"]
@@ -388,7 +388,8 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
                            use_samples: bool = False, x: torch.Tensor | None = None,
                            dedup_iou: float | None = DEDUP_IOU,
                            explain_min_score: float | None = EXPLAIN_MIN_SCORE,
-                           refine_steps: int = 0, split_min_gain: float | None = SPLIT_MIN_GAIN) -> list[Detections]:
+                           refine_steps: int = 0, split_min_gain: float | None = SPLIT_MIN_GAIN,
+                           objective_region: tuple[int, int, int, int] | None = None) -> list[Detections]:
     """Turn a forward pass into per-image detections (see the module docstring); ``x`` is the
     input batch, needed by ``box_mode="segment"``, by ``dedup_iou`` (None: keep duplicates), by
     ``explain_min_score`` (None: report only objects with probability ≥ ``min_score``; with
@@ -398,10 +399,16 @@ def detections_from_output(model: Spair, out: SpairOutput, box_mode: BoxMode = "
     that lowers the objective by no more than that many nats is removed; after them all reported
     objects are refined together for ``refine_steps // 2`` more steps.
     :func:`reported_objects` then :func:`object_detections`; call those two to read several box modes
-    from one selection and refinement."""
+    from one selection and refinement. With ``objective_region`` = (top, left, height, width) and
+    ``x``, each image's detections carry the objective J of its objects over those pixels
+    (:func:`spair.models.split.image_objective`), by which views of one image on shifted grids compare."""
     out, keep = reported_objects(model, out, min_score, ink_threshold, use_samples, x, dedup_iou, explain_min_score,
                                  refine_steps, split_min_gain)
-    return object_detections(model, out, keep, box_mode, ink_threshold, x)
+    dets = object_detections(model, out, keep, box_mode, ink_threshold, x)
+    if objective_region is not None and x is not None:
+        for d, j in zip(dets, image_objective(model, out, x, keep, region=objective_region).tolist()):
+            d.objective = j
+    return dets
 
 
 @torch.no_grad()
@@ -473,18 +480,21 @@ class SpairDetector:
                 if given and colours is None:
                     colours = most_frequent_colours(batch)
                 given_bg = colours if given else None
-                dets = detect_on_shifted_grids(lambda b, bg=given_bg: self._detect_batch(b, bg), batch, colours,
-                                               self.model.cfg.cell_size, self.grid_shifts)
+                dets = detect_on_shifted_grids(lambda b, region, bg=given_bg: self._detect_batch(b, bg, region),
+                                               batch, colours, self.model.cfg.cell_size, self.grid_shifts)
                 for i, d in zip(chunk, dets):
                     results[i] = d
         return results  # type: ignore[return-value]
 
-    def _detect_batch(self, batch: np.ndarray, colours: np.ndarray | None) -> list[Detections]:
-        """Detections for uint8 images (B, H, W, 3) of one size; ``colours`` (B, 3): their given backgrounds."""
+    def _detect_batch(self, batch: np.ndarray, colours: np.ndarray | None,
+                      region: tuple[int, int, int, int] | None = None) -> list[Detections]:
+        """Detections for uint8 images (B, H, W, 3) of one size; ``colours`` (B, 3): their given backgrounds;
+        ``region``: the pixels their objective is measured over (see :func:`detections_from_output`)."""
         x = to_tensor(batch, self.device)
         bg = None if colours is None else torch.from_numpy(colours).float().div(255.0).to(self.device)
         out = run_model(self.model, x, self.sample, self.generator, bg)
         return detections_from_output(self.model, out, self.box_mode, self.min_score, self.ink_threshold,
                                       use_samples=self.sample != "mean", x=x,
                                       explain_min_score=self.explain_min_score,
-                                      refine_steps=self.refine_steps, split_min_gain=self.split_min_gain)
+                                      refine_steps=self.refine_steps, split_min_gain=self.split_min_gain,
+                                      objective_region=region)

@@ -49,13 +49,15 @@ def predict(model: Spair, images: np.ndarray, *, batch_size: int = 100, sample: 
         batch = np.ascontiguousarray(images[start:start + batch_size])
         colours = None if backgrounds is None else np.asarray(backgrounds[start:start + batch_size])
 
-        def detect(b: np.ndarray, colours: np.ndarray | None = colours) -> list[Detections]:
+        def detect(b: np.ndarray, region: tuple[int, int, int, int] | None,
+                   colours: np.ndarray | None = colours) -> list[Detections]:
             x = torch.from_numpy(np.ascontiguousarray(b)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
             bg = torch.from_numpy(colours).float().div(255.0).to(device) if given else None
             out = run_model(model, x, sample, gen, bg)
             return detections_from_output(model, out, box_mode, min_score, ink_threshold,
                                           use_samples=sample != "mean", x=x, explain_min_score=explain_min_score,
-                                          refine_steps=refine_steps, split_min_gain=split_min_gain)
+                                          refine_steps=refine_steps, split_min_gain=split_min_gain,
+                                          objective_region=region)
 
         out_dets += detect_on_shifted_grids(detect, batch, colours, model.cfg.cell_size, grid_shifts)
     model.train(was_training)

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""How the vote over shifted grids (``spair.models.shifts``) chooses each object's box, on *validation*
+scenes: the median of the boxes of all views that found the object, or of the ``b`` of them whose
+reading explains the image best (lowest objective, ``spair.models.split.image_objective``).
+
+For each ``--digits`` n, scenes with exactly n digits of the validation digit split (seed ``--seed``;
+48×48, 84×84 for n ≥ 15 with half as many scenes) go through the shipped detector's pipeline
+(deterministic inference, refinement, split and removal moves) once per grid view; the views' boxes
+and objectives are then voted with each rule of ``--rules`` ("median", or "bestK" for
+``best_views=K``). The set of objects is the same for every rule; only the boxes differ. Prints one
+JSON line per rule and n with SPAIR-AP, AP@0.1, AP@0.5, AP@0.9 and the number of boxes against the
+number of digits; with ``--out`` writes the JSON atomically.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/vote_boxes.py [CHECKPOINT] [--digits 1,3,5,7,9,20]
+        [--rules median,best1,best2,best3] [--n 512] [--seed 11] [--threads 2] [--out F]
+
+Without a checkpoint it evaluates the model shipped in the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+try:
+    import spair  # noqa: F401
+except ImportError:  # running from a checkout without installing
+    sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def views_of(detector, images, batch_size: int = 32) -> list[list]:
+    """Per view (the grid offsets of ``spair.models.shifts``), the detections of every image, in the
+    images' coordinates and with each view's objective over the images' own pixels."""
+    import numpy as np
+
+    from spair.models.shifts import GRID_SHIFTS, grid_offsets, pad_images, unshift
+
+    cell = detector.model.cfg.cell_size
+    H, W = images.shape[1:3]
+    colours = np.zeros((len(images), 3), np.uint8)          # the scenes' background is black
+    views = []
+    for dy, dx in grid_offsets(cell, GRID_SHIFTS):
+        found = []
+        for s in range(0, len(images), batch_size):
+            batch = pad_images(images[s:s + batch_size], colours[s:s + batch_size], dy, dx, cell)
+            found += [unshift(d, dy, dx, (H, W)) for d in detector._detect_batch(batch, None, (dy, dx, H, W))]
+        views.append(found)
+    return views
+
+
+def vote(views: list[list], rule: str) -> list:
+    from spair.models.shifts import vote_detections
+
+    if rule == "median":
+        views = [[dataclasses.replace(d, objective=None) for d in v] for v in views]
+        return [vote_detections([v[i] for v in views]) for i in range(len(views[0]))]
+    if not rule.startswith("best") or not rule[4:].isdigit() or int(rule[4:]) < 1:
+        raise ValueError(f"unknown rule {rule!r}: use 'median' or 'bestK' with K >= 1")
+    k = int(rule[4:])
+    return [vote_detections([v[i] for v in views], best_views=k) for i in range(len(views[0]))]
+
+
+def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, seed: int) -> dict:
+    from split_moves import val_scenes   # the benchmark beside this one (same folder)
+
+    from spair.metrics import spair_ap
+    from spair.models.io import load_model
+    from spair.models.spair_detector import SpairDetector
+
+    detector = SpairDetector(model=load_model(checkpoint), grid_shifts=1)
+    rows = []
+    for k in digits:
+        scenes = val_scenes(k, n, seed)
+        views = views_of(detector, scenes.images)
+        for rule in rules:
+            found = vote(views, rule)
+            ap = spair_ap([d.boxes for d in found], scenes.boxes, None)
+            row = {"n_digits": k, "image_size": int(scenes.images.shape[1]), "n_scenes": len(scenes),
+                   "box_rule": rule, "spair_AP": ap["AP"], "AP@0.1": ap["AP@0.1"], "AP@0.5": ap["AP@0.5"],
+                   "AP@0.9": ap["AP@0.9"], "boxes": int(sum(len(d) for d in found)),
+                   "digits": int(sum(len(b) for b in scenes.boxes))}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", nargs="?", default=None)
+    ap.add_argument("--digits", default="1,3,5,7,9,20")
+    ap.add_argument("--rules", default="median,best1,best2,best3")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+    from split_moves import report   # the benchmark beside this one (same folder)
+
+    rules = args.rules.split(",")
+    for rule in rules:
+        if rule != "median" and not (rule.startswith("best") and rule[4:].isdigit() and int(rule[4:]) >= 1):
+            ap.error(f"--rules: unknown rule {rule!r} (use median or bestK)")
+    torch.set_num_threads(args.threads)
+    result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed)
+    report(result, "box_rule", "vote_boxes.py", argv, args.out, digits=4)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
