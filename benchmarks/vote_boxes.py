@@ -54,15 +54,22 @@ def views_of(detector, images, batch_size: int = 32) -> list[list]:
     return views
 
 
+def best_views(rule: str) -> int | None:
+    """``best_views`` of a rule: None for "median" (the median of all views' boxes), K for "bestK"."""
+    if rule == "median":
+        return None
+    if rule.startswith("best") and rule[4:].isdigit() and int(rule[4:]) >= 1:
+        return int(rule[4:])
+    raise ValueError(f"unknown rule {rule!r} (use median or bestK with K >= 1)")
+
+
 def vote(views: list[list], rule: str) -> list:
     from spair.models.shifts import vote_detections
 
-    if rule == "median":
+    k = best_views(rule)
+    if k is None:                                           # without objectives the vote takes the median
         views = [[dataclasses.replace(d, objective=None) for d in v] for v in views]
-        return [vote_detections([v[i] for v in views]) for i in range(len(views[0]))]
-    if not rule.startswith("best") or not rule[4:].isdigit() or int(rule[4:]) < 1:
-        raise ValueError(f"unknown rule {rule!r}: use 'median' or 'bestK' with K >= 1")
-    k = int(rule[4:])
+        k = 1
     return [vote_detections([v[i] for v in views], best_views=k) for i in range(len(views[0]))]
 
 
@@ -106,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rules = args.rules.split(",")
     for rule in rules:
-        if rule != "median" and not (rule.startswith("best") and rule[4:].isdigit() and int(rule[4:]) >= 1):
-            ap.error(f"--rules: unknown rule {rule!r} (use median or bestK)")
+        try:
+            best_views(rule)
+        except ValueError as e:
+            ap.error(f"--rules: {e}")
     torch.set_num_threads(args.threads)
     result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed)
     report(result, "box_rule", "vote_boxes.py", argv, args.out, digits=4)

@@ -337,26 +337,22 @@ def object_gains(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch
 def image_objective(model: Spair, out: SpairOutput, x: torch.Tensor, present: torch.Tensor,
                     price: float = SPLIT_MIN_GAIN, what_prior: float = REFINE_WHAT_PRIOR,
                     region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """The objective of the module docstring for each whole image with the ``present`` (B, N) objects,
-    plus ``price`` nats per object (the price of the split and removal moves): −log p(x | z) summed
-    over the pixels of ``region`` = (top, left, height, width) (None: the whole image) + ½‖z_what‖²
-    + price × objects, in nats (B,). Lower is a better account of the image; two readings of the same
-    pixels (views of one image on shifted grids, :mod:`spair.models.shifts`) compare by it."""
+    """The objective of the module docstring for each image with the ``present`` (B, N) objects, plus
+    ``price`` nats per object (the price of the split and removal moves): −log p(x | z) summed over the
+    pixels of ``region`` = (top, left, height, width) (None: the whole image) + ½‖z_what‖² + price ×
+    objects, in nats (B,). Lower is a better account of the image; two readings of the same pixels
+    (views of one image on shifted grids, :mod:`spair.models.shifts`) compare by it."""
     B, N = present.shape
     H, W = out.image_hw
     dt = torch.float32
     gate = present.to(dt)
-    num, mass, den = _terms(model, out.z_what.detach().to(dt), out.boxes.detach().to(dt),
-                            out.z_depth.detach().to(dt), gate, (H, W))
+    what = out.z_what.detach().to(dt)
+    terms = _terms(model, what, out.boxes.detach().to(dt), out.z_depth.detach().to(dt), gate, (H, W))
+    top, left, h, w = (0, 0, H, W) if region is None else region
+    crop = (..., slice(top, top + h), slice(left, left + w))
     bg = out.background.detach().to(dt).expand(B, -1, H, W)
-    recon = (bg + (num - mass * bg) / den.clamp(min=1e-12)).clamp(1e-6, 1 - 1e-6)
-    target = x.to(dt)
-    nll = -(target * recon.log() + (1 - target) * (1 - recon).log()).sum(1)         # (B, H, W)
-    if region is not None:
-        top, left, h, w = region
-        nll = nll[:, top:top + h, left:left + w]
-    what = 0.5 * what_prior * out.z_what.detach().to(dt).square().sum(-1)            # (B, N)
-    return nll.flatten(1).sum(1) + ((what + price) * gate).sum(1)
+    nll = _nll(x.to(dt)[crop], bg[crop], tuple(t[crop] for t in terms))
+    return nll + ((0.5 * what_prior * what.square().sum(-1) + price) * gate).sum(1)
 
 
 def overlapping_objects(boxes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
