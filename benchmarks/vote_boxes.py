@@ -39,18 +39,15 @@ def views_of(detector, images, batch_size: int = 32) -> list[list]:
     images' coordinates and with each view's objective over the images' own pixels."""
     import numpy as np
 
-    from spair.models.shifts import GRID_SHIFTS, grid_offsets, pad_images, unshift
+    from spair.models.shifts import GRID_SHIFTS, shifted_views
 
-    cell = detector.model.cfg.cell_size
-    H, W = images.shape[1:3]
     colours = np.zeros((len(images), 3), np.uint8)          # the scenes' background is black
-    views = []
-    for dy, dx in grid_offsets(cell, GRID_SHIFTS):
-        found = []
-        for s in range(0, len(images), batch_size):
-            batch = pad_images(images[s:s + batch_size], colours[s:s + batch_size], dy, dx, cell)
-            found += [unshift(d, dy, dx, (H, W)) for d in detector._detect_batch(batch, None, (dy, dx, H, W))]
-        views.append(found)
+    views: list[list] = [[] for _ in range(GRID_SHIFTS)]
+    for s in range(0, len(images), batch_size):
+        chunk = shifted_views(lambda b, region: detector._detect_batch(b, None, region), images[s:s + batch_size],
+                              colours[s:s + batch_size], detector.model.cfg.cell_size, GRID_SHIFTS)
+        for v, found in zip(views, chunk):
+            v += found
     return views
 
 

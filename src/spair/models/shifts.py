@@ -135,19 +135,19 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, best_vie
     return Detections(boxes, np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
 
 
-def detect_on_shifted_grids(detect: Callable[[np.ndarray, tuple[int, int, int, int] | None], list[Detections]],
-                            images: np.ndarray, colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS,
-                            min_iou: float = VOTE_IOU) -> list[Detections]:
-    """Run ``detect`` on each of the ``n`` views of the images and vote. ``detect`` takes uint8 images
-    (B, H', W', 3) of one size and where the original images lie in them, (top, left, height, width)
-    (None for a single view), and returns their detections (an ``objective`` of each, if it has one,
-    measured over those pixels).
-    ``colours`` (B, 3) pads the shifted views (None: each image's most frequent colour)."""
+def shifted_views(detect: Callable[[np.ndarray, tuple[int, int, int, int] | None], list[Detections]],
+                  images: np.ndarray, colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS
+                  ) -> list[list[Detections]]:
+    """Per view of the ``n`` (:func:`grid_offsets`), ``detect``'s detections of the images, moved back to the
+    images' coordinates. ``detect`` takes uint8 images (B, H', W', 3) of one size and where the original
+    images lie in them, (top, left, height, width) (None for a single view), and returns their detections
+    (an ``objective`` of each, if it has one, measured over those pixels). ``colours`` (B, 3) pads the
+    shifted views (None: each image's most frequent colour)."""
     images = np.asarray(images)
     offsets = grid_offsets(cell_size, n)
     H, W = images.shape[1:3]
     if len(offsets) == 1:
-        return detect(images, None)                    # one view: nothing to compare
+        return [detect(images, None)]                  # one view: nothing to compare
     if colours is None:
         colours = most_frequent_colours(images)
     views = []
@@ -157,4 +157,14 @@ def detect_on_shifted_grids(detect: Callable[[np.ndarray, tuple[int, int, int, i
         else:
             found = detect(pad_images(images, colours, dy, dx, cell_size), (dy, dx, H, W))
             views.append([unshift(d, dy, dx, (H, W)) for d in found])
+    return views
+
+
+def detect_on_shifted_grids(detect: Callable[[np.ndarray, tuple[int, int, int, int] | None], list[Detections]],
+                            images: np.ndarray, colours: np.ndarray | None, cell_size: int, n: int = GRID_SHIFTS,
+                            min_iou: float = VOTE_IOU) -> list[Detections]:
+    """Run ``detect`` on each of the ``n`` views of the images (:func:`shifted_views`) and vote."""
+    views = shifted_views(detect, images, colours, cell_size, n)
+    if len(views) == 1:
+        return views[0]
     return [vote_detections([v[i] for v in views], min_iou) for i in range(len(images))]
