@@ -1,20 +1,21 @@
 #!/usr/bin/env python
 """How the vote over shifted grids (``spair.models.shifts``) chooses each object's box, on *validation*
-scenes: the median of the boxes of all views that found the object, or of the ``b`` of them whose
-reading explains the image best (lowest objective, ``spair.models.split.image_objective``).
+scenes: the median of the boxes of all views that found the object, the median of the K of them whose
+reading explains the image best (lowest objective J, ``spair.models.split.image_objective``), or their
+mean weighted by exp(−J / T).
 
 For each ``--digits`` n, scenes with exactly n digits of the validation digit split (seed ``--seed``;
 48×48, 84×84 for n ≥ 15 with half as many scenes) go through the shipped detector's pipeline
 (deterministic inference, refinement, split and removal moves) once per grid view; the views' boxes
-and objectives are then voted with each rule of ``--rules`` ("median", or "bestK" for
-``best_views=K``). The set of objects is the same for every rule; only the boxes differ. Prints one
+and objectives are then voted with each rule of ``--rules`` ("median", "bestK" for ``best_views=K``,
+"weightedT" for ``temperature=T``). The set of objects is the same for every rule; only the boxes differ. Prints one
 JSON line per rule and n with SPAIR-AP, AP@0.1, AP@0.5, AP@0.9 and the number of boxes against the
 number of digits; with ``--out`` writes the JSON atomically.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/vote_boxes.py [CHECKPOINT] [--digits 1,3,5,7,9,20]
-        [--rules median,best1,best2,best3] [--n 512] [--seed 11] [--threads 2] [--out F]
+        [--rules median,best1,best2,best3,weighted2,weighted5,weighted10] [--n 512] [--seed 11] [--threads 2] [--out F]
 
 Without a checkpoint it evaluates the model shipped in the package.
 """
@@ -51,23 +52,31 @@ def views_of(detector, images, batch_size: int = 32) -> list[list]:
     return views
 
 
-def best_views(rule: str) -> int | None:
-    """``best_views`` of a rule: None for "median" (the median of all views' boxes), K for "bestK"."""
+def vote_options(rule: str) -> dict | None:
+    """``vote_detections`` options of a rule: None for "median" (the median of all views' boxes),
+    ``best_views=K`` for "bestK", ``temperature=T`` for "weightedT"."""
     if rule == "median":
         return None
     if rule.startswith("best") and rule[4:].isdigit() and int(rule[4:]) >= 1:
-        return int(rule[4:])
-    raise ValueError(f"unknown rule {rule!r} (use median or bestK with K >= 1)")
+        return {"best_views": int(rule[4:])}
+    if rule.startswith("weighted"):
+        try:
+            t = float(rule[8:])
+        except ValueError:
+            t = 0.0
+        if t > 0:
+            return {"temperature": t}
+    raise ValueError(f"unknown rule {rule!r} (use median, bestK with K >= 1 or weightedT with T > 0)")
 
 
 def vote(views: list[list], rule: str) -> list:
     from spair.models.shifts import vote_detections
 
-    k = best_views(rule)
-    if k is None:                                           # without objectives the vote takes the median
+    options = vote_options(rule)
+    if options is None:                                     # without objectives the vote takes the median
         views = [[dataclasses.replace(d, objective=None) for d in v] for v in views]
-        k = 1
-    return [vote_detections([v[i] for v in views], best_views=k) for i in range(len(views[0]))]
+        options = {}
+    return [vote_detections([v[i] for v in views], **options) for i in range(len(views[0]))]
 
 
 def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, seed: int) -> dict:
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=None)
     ap.add_argument("--digits", default="1,3,5,7,9,20")
-    ap.add_argument("--rules", default="median,best1,best2,best3")
+    ap.add_argument("--rules", default="median,best1,best2,best3,weighted2,weighted5,weighted10")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     rules = args.rules.split(",")
     for rule in rules:
         try:
-            best_views(rule)
+            vote_options(rule)
         except ValueError as e:
             ap.error(f"--rules: {e}")
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ from spair.data.scenes import SceneConfig, generate_scenes
 from spair.errors import ConfigError
 from spair.models.detector import Detections
 from spair.models.shifts import (detect_on_shifted_grids, grid_offsets, most_frequent_colours, pad_images, unshift,
-                                 vote_detections)
+                                 view_weights, vote_detections)
 from spair.models.spair_detector import SpairDetector
 from test_models_refine import small_model
 from test_models_split import matched
@@ -70,27 +70,40 @@ def test_vote_keeps_what_half_the_views_find_with_the_median_box_and_mean_score(
     np.testing.assert_allclose(v.boxes[order[0]], np.median(np.array(
         [digit, [11, 10, 20, 25], [10, 9, 21, 24], [10, 10, 20, 23]]), 0))
     np.testing.assert_allclose(v.boxes[order[1]], [30, 30.5, 36, 40])
-    np.testing.assert_allclose(v.scores[order], [(1 + 0.5 + 1 + 1) / 4, 1.0])     # over the views that found it
+    np.testing.assert_allclose(v.scores[order], [(1 + 0.5 + 1 + 1) / 4, (1 + 1) / 4])  # over all four views
     assert vote_detections(views[:1]) is views[0]                       # one view: unchanged
     assert len(vote_detections([_dets(), _dets(), _dets(), _dets()])) == 0
 
 
-def test_vote_takes_each_objects_box_from_the_best_explaining_views_that_found_it():
+def test_vote_weights_each_objects_box_by_how_well_the_views_that_found_it_explain_the_image():
     digit, speck = [10, 10, 20, 24], [30, 30, 36, 40]
-    views = [_dets([11, 10, 20, 24], [30, 31, 36, 40]), _dets(digit), _dets([12, 10, 21, 24], speck),
-             _dets([10, 11, 20, 24])]
-    for d, j in zip(views, (500.0, 300.0, 400.0, 600.0)):
-        d.objective = j
+    found = [[11, 10, 20, 24], digit, [12, 10, 21, 24], [10, 11, 20, 24]]       # the digit in the four views
+    views = [_dets(found[0], [30, 31, 36, 40]), _dets(found[1]), _dets(found[2], speck), _dets(found[3])]
+    objective = np.array([305.0, 300.0, 300.0 + 5.0 * np.log(3.0), 310.0])       # nats
+    for d, j in zip(views, objective):
+        d.objective = float(j)
 
     def boxes(v):
         return v.boxes[np.argsort(v.boxes[:, 0])]
 
-    # the digit: views 1 and 2 explain the image best; the speck: views 0 and 2 found it, view 2 is the better
-    np.testing.assert_array_equal(boxes(vote_detections(views, best_views=1)), [digit, speck])
-    np.testing.assert_allclose(boxes(vote_detections(views)), [[11, 10, 20.5, 24], [30, 30.5, 36, 40]])   # two best
-    np.testing.assert_allclose(vote_detections(views).scores, [1.0, 1.0])
+    # weights ∝ exp(−J / 5): e^-1, 1, 1/3, e^-2 for the digit; e^-1 against 1/3 for the speck (views 0 and 2)
+    w = np.array([np.exp(-1.0), 1.0, 1.0 / 3.0, np.exp(-2.0)])
+    np.testing.assert_allclose(view_weights(objective, 5.0), w / w.sum(), rtol=1e-12)
+    ws = w[[0, 2]] / w[[0, 2]].sum()
+    want_speck = ws[0] * np.array([30, 31, 36, 40]) + ws[1] * np.array(speck)
+    np.testing.assert_allclose(boxes(vote_detections(views)), [w @ np.array(found) / w.sum(), want_speck], rtol=1e-6)
+    # a low temperature takes the best view's box, a high one the mean of all
+    np.testing.assert_allclose(boxes(vote_detections(views, temperature=0.01)), [digit, [30, 31, 36, 40]], atol=1e-6)
+    np.testing.assert_allclose(boxes(vote_detections(views, temperature=1e6))[0], np.mean(found, 0), rtol=1e-5)
+    # the median of the best K, as in the earlier rule
+    np.testing.assert_array_equal(boxes(vote_detections(views, best_views=1)), [digit, [30, 31, 36, 40]])
+    np.testing.assert_allclose(boxes(vote_detections(views, best_views=2)), [[10.5, 10, 20, 24], [30, 30.5, 36, 40]])
+    # the score is the presence averaged over all four views, the digit (four views) first
+    v = vote_detections(views)
+    np.testing.assert_allclose(v.scores, [1.0, 0.5])
+    np.testing.assert_allclose(v.boxes[0], w @ np.array(found) / w.sum(), rtol=1e-6)
     views[3].objective = None                             # a view without an objective: the median of all
-    np.testing.assert_allclose(boxes(vote_detections(views, best_views=1)), [[10.5, 10, 20, 24], [30, 30.5, 36, 40]])
+    np.testing.assert_allclose(boxes(vote_detections(views)), [[10.5, 10, 20, 24], [30, 30.5, 36, 40]])
 
 
 def test_vote_never_merges_two_boxes_of_one_view():

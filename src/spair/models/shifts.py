@@ -7,13 +7,14 @@ blurry sprite leaves differs by a pixel or two. Moving the image by half a cell 
 while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on the image as it is and
 padded by half a cell at the top, at the left and at both (:func:`grid_offsets`), moves the boxes back,
 and votes (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one
-object, an object found in at least half of the views is reported, its score the mean of their scores
-(the presence probability, averaged over the views that found it). Its box comes from the views that
-explain the image best: each view's reading of the image has a value of the model's own objective over
+object, an object found in at least half of the views is reported, its score its presence probability
+averaged over all the views (0 in a view that did not find it). Its box comes mostly from the views that
+explain the image best: each view's reading of the image has a value J of the model's own objective over
 the image's pixels (:func:`spair.models.split.image_objective`: the likelihood, the z_what prior and the
-price of each object, as in the split moves), and the box is the coordinate-wise median of the boxes of
-the ``VOTE_BEST_VIEWS`` (2) views with the lowest objective among those that found the object. Where
-the views carry no objective, it is the median of all their boxes.
+price of each object, as in the split moves), and the box is the mean of the boxes of the views that
+found the object weighted by exp(−J / ``VOTE_TEMPERATURE``) (5 nats; :func:`view_weights`): a view that
+explains the image 5 nats worse counts e⁻¹ as much. Where the views carry no objective, it is the
+median of all their boxes.
 
 The views disagree mostly where one of them errs, so the vote removes the merged pairs, spurious splits
 and ragged edges that depend on the grid's position (docs/cpu-recipe.md, "Shifted grids"). It costs one
@@ -35,9 +36,9 @@ GRID_SHIFTS = 4
 """Views the detector votes over by default (1: the image alone)."""
 VOTE_IOU = 0.3
 """Boxes of two views that overlap at least this much are the same object."""
-VOTE_BEST_VIEWS = 2
-"""An object's box is the median of the boxes of this many of the views that found it, those that explain
-the image best (lowest objective)."""
+VOTE_TEMPERATURE = 5.0
+"""Nats: an object's box is the mean of the boxes of the views that found it, weighted by exp(−J / this),
+J each view's objective over the image (:func:`view_weights`)."""
 ALLOWED_SHIFTS = (1, 4)
 
 
@@ -88,11 +89,23 @@ def unshift(d: Detections, dy: int, dx: int, hw: tuple[int, int]) -> Detections:
     return Detections(b[keep], d.scores[keep], d.objective)
 
 
-def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, best_views: int = VOTE_BEST_VIEWS
-                    ) -> Detections:
-    """One image's detections from several views: the objects at least half of the views found, each
-    with the mean of their scores and the median box of the ``best_views`` views with the lowest
-    ``objective`` among those that found it (of all of them where a view has no objective).
+def view_weights(objectives: np.ndarray, temperature: float) -> np.ndarray:
+    """Weights of views with these objectives J (nats), ∝ exp(−J / ``temperature``), summing to 1: a
+    tempered posterior over the views' readings of the image (at temperature 1, exp(−J) is the model's
+    joint probability of the image and the reading, up to a constant shared by the views)."""
+    j = np.asarray(objectives, np.float64)
+    w = np.exp(-(j - j.min()) / temperature)
+    return w / w.sum()
+
+
+def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, temperature: float = VOTE_TEMPERATURE,
+                    best_views: int | None = None) -> Detections:
+    """One image's detections from several views: the objects at least half of the views found, most
+    confident first, each with its score averaged over all the views (0 where a view did not find it)
+    and the mean of the boxes of the views that found it weighted by how well each view explains the
+    image (:func:`view_weights` of their ``objective`` at ``temperature``). With ``best_views`` K, the
+    box is instead the median of the boxes of the K views with the lowest objective among those that
+    found it; where a view has no objective, the median of all the boxes.
 
     The views are taken in order, each view's boxes most confident first; a box joins the object
     (the cluster of earlier views' boxes) whose median box it overlaps most, if that IoU is at least
@@ -127,12 +140,17 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, best_vie
     keep = [j for j in range(len(members)) if 2 * len(seen[j]) >= k]
     boxes = medians[keep]
     if all(d.objective is not None for d in views):
-        rank = np.argsort([d.objective for d in views], kind="stable")   # best view first
-        order = np.argsort(rank, kind="stable")                          # each view's place in it
+        objective = np.asarray([d.objective for d in views], np.float64)
         for r, j in enumerate(keep):
-            best = np.argsort(order[seen[j]], kind="stable")[:best_views]
-            boxes[r] = np.median(np.asarray(members[j])[best], 0)
-    return Detections(boxes, np.asarray([scores[j] / len(seen[j]) for j in keep], dtype=np.float32))
+            found = np.asarray(members[j], np.float64)
+            if best_views is None:
+                boxes[r] = view_weights(objective[seen[j]], temperature) @ found
+            else:
+                best = np.argsort(objective[seen[j]], kind="stable")[:best_views]
+                boxes[r] = np.median(found[best], 0)
+    conf = np.asarray([scores[j] / k for j in keep], dtype=np.float32)
+    order = np.argsort(-conf, kind="stable")
+    return Detections(boxes[order], conf[order])
 
 
 def shifted_views(detect: Callable[[np.ndarray, tuple[int, int, int, int] | None], list[Detections]],
