@@ -491,6 +491,14 @@ def test_spair_detection_defaults_are_the_library_constants():
 
     assert opts["grid_shifts"] == GRID_SHIFTS
     assert build_parser().parse_args(["experiment", "pretrained"]).grid_shifts == GRID_SHIFTS
+    from spair.experiments.pretrained_eval import Case
+
+    assert build_parser().parse_args(["experiment", "pretrained"]).digits is None          # every case
+    picked = build_parser().parse_args(["experiment", "pretrained", "--digits", "9,20,9"]).digits
+    assert picked == (Case(48, 9), Case(84, 20))
+    for bad in ("4", "7,x", ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["experiment", "pretrained", "--digits", bad])
     for n in ALLOWED_SHIFTS:
         args = build_parser().parse_args(["eval", "--data", "d", "--grid-shifts", str(n)])
         assert METHODS["spair"].options(args)["grid_shifts"] == n

@@ -19,7 +19,10 @@ def test_grid_offsets_are_the_image_and_half_a_cell_down_right_and_both():
     assert grid_offsets(8, 1) == [(0, 0)]
     assert grid_offsets(8, 4) == [(0, 0), (0, 4), (4, 0), (4, 4)]
     assert grid_offsets(12, 4) == [(0, 0), (0, 6), (6, 0), (6, 6)]
-    for bad in (0, 2, 3, 5):
+    # eight: the four and a quarter / three quarters of a cell down and right in each combination
+    assert grid_offsets(8, 8) == [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (6, 6), (2, 6), (6, 2)]
+    assert grid_offsets(12, 8)[4:] == [(3, 3), (9, 9), (3, 9), (9, 3)]
+    for bad in (0, 2, 3, 5, 6):
         with pytest.raises(ConfigError, match="grid_shifts"):
             grid_offsets(8, bad)
 
@@ -114,6 +117,16 @@ def test_vote_never_merges_two_boxes_of_one_view():
     np.testing.assert_allclose(v.boxes[np.argsort(v.boxes[:, 0])], [a, b])
 
 
+def test_an_object_is_reported_when_at_least_two_views_found_it():
+    digit, speck = [10, 10, 20, 24], [30, 30, 36, 40]
+    views = [_dets(digit, speck), _dets(digit, speck)] + [_dets(digit) for _ in range(6)]     # eight views
+    v = vote_detections(views)
+    np.testing.assert_allclose(v.boxes, [digit, speck])        # the speck: two of eight
+    np.testing.assert_allclose(v.scores, [1.0, 0.25])          # presence averaged over all eight views
+    assert len(vote_detections(views, min_views=3)) == 1
+    assert len(vote_detections([_dets(digit, speck)] + [_dets(digit) for _ in range(7)])) == 1   # one view: no
+
+
 def test_boxes_below_the_vote_iou_are_different_objects():
     views = [_dets([0, 0, 10, 10]), _dets([6, 6, 16, 16]), _dets([0, 0, 10, 10]), _dets([6, 6, 16, 16])]
     assert len(vote_detections(views, min_iou=0.3)) == 2                # IoU 16/184: two objects, two votes each
@@ -145,6 +158,11 @@ def test_the_vote_corrects_a_detector_whose_errors_depend_on_the_grid():
 
     out = detect_on_shifted_grids(detect, img, None, 8, 4)
     assert sorted(seen) == [(0, 0, 24, 32), (0, 4, 24, 40), (4, 0, 32, 32), (4, 4, 32, 40)]
+    np.testing.assert_allclose(out[0].boxes[np.argsort(out[0].boxes[:, 0])], truth)
+    seen.clear()
+    out = detect_on_shifted_grids(detect, img, None, 8, 8)
+    assert sorted(seen) == sorted([(0, 0, 24, 32), (0, 4, 24, 40), (4, 0, 32, 32), (4, 4, 32, 40), (2, 2, 32, 40),
+                                   (6, 6, 32, 40), (2, 6, 32, 40), (6, 2, 32, 40)])
     np.testing.assert_allclose(out[0].boxes[np.argsort(out[0].boxes[:, 0])], truth)
     assert len(detect_on_shifted_grids(detect, img, None, 8, 1)[0]) == 2
 

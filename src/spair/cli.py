@@ -418,10 +418,10 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
                        help="spair, with refinement: replace an object by two when two explain the image better "
                             "by more than G nats (merged overlapping digits), then remove an object that "
                             "explains it better by no more than G nats ('off': neither)")
-    group.add_argument("--grid-shifts", type=int, choices=(1, 4), default=4, metavar="{1,4}",
+    group.add_argument("--grid-shifts", type=int, choices=(1, 4, 8), default=4, metavar="{1,4,8}",
                        help="spair: detect on the image at 4 offsets of the cell grid (as is, half a cell down, "
-                            "right, both) and keep the objects at least half of them find (4, the default), or on "
-                            "the image alone (1: 4x faster)")
+                            "right, both) and keep the objects at least two of them find (4, the default), at "
+                            "those and 4 quarter-cell offsets (8: 2x slower), or on the image alone (1: 4x faster)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
@@ -1165,9 +1165,24 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
                    help="with refinement: replace an object by two when two explain the image better by more "
                         "than G nats, then remove an object worth no more than G nats ('off': neither)")
-    p.add_argument("--grid-shifts", type=int, choices=(1, 4), default=4, metavar="{1,4}",
-                   help="vote over the image at 4 offsets of the cell grid (default), or detect on it alone (1)")
+    p.add_argument("--grid-shifts", type=int, choices=(1, 4, 8), default=4, metavar="{1,4,8}",
+                   help="vote over the image at 4 offsets of the cell grid (default) or 8, or detect on it alone (1)")
+    p.add_argument("--digits", type=_pretrained_cases, default=None, metavar="LIST",
+                   help="only these cases, by number of digits (e.g. 7,9; 20 is the 84x84 case) (default: all)")
     add_cache_argument(p)
+
+
+def _pretrained_cases(text: str) -> tuple:
+    from .experiments.pretrained_eval import DEFAULT_CASES
+
+    cases = {c.n: c for c in DEFAULT_CASES}
+    try:
+        wanted = [int(t) for t in text.split(",")]
+    except ValueError:
+        wanted = []
+    if not wanted or any(n not in cases for n in wanted):
+        raise argparse.ArgumentTypeError(f"expected numbers of digits among {','.join(map(str, cases))}, got {text!r}")
+    return tuple(cases[n] for n in dict.fromkeys(wanted))
 
 
 @command("experiment pretrained", "a model, unchanged, on held-out 48x48 scenes (n = 1,3,5,7,9) and 84x84 scenes (n = 20)",
@@ -1177,11 +1192,11 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
                      "write SPAIR-AP, COCO AP and count errors to DIR/results.json and DIR/results.md.",
          examples=("spair experiment pretrained", "spair experiment pretrained --checkpoint runs/x/best.pt --out /tmp/p"))
 def _experiment_pretrained(args: argparse.Namespace) -> int:
-    from .experiments.pretrained_eval import results_table, run_pretrained_eval
+    from .experiments.pretrained_eval import DEFAULT_CASES, results_table, run_pretrained_eval
 
     check_output_file(args.out / "results.json", "--out")
-    results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cache_dir=args.cache,
-                                  refine_steps=args.refine_steps, split_min_gain=args.split_min_gain,
+    results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cases=args.digits or DEFAULT_CASES,
+                                  cache_dir=args.cache, refine_steps=args.refine_steps, split_min_gain=args.split_min_gain,
                                   grid_shifts=args.grid_shifts, command=command_line(args),
                                   log=lambda msg: _say(args, msg))
     _say(args, results_table(results))

@@ -10,7 +10,7 @@ The detector refines the reported objects' latents on each image (``refine_steps
 0 turns it off) and, with refinement, splits an object that two objects explain better by more than
 ``split_min_gain`` nats (30 by default; None turns it off); with ``grid_shifts`` = 4 (the default, as
 in ``spair detect``) it does all this on the image at four offsets of the cell grid and keeps the
-objects at least half of the views find (:mod:`spair.models.shifts`; 1: the image alone). Each is
+objects at least two of the views find (:mod:`spair.models.shifts`; 8: eight offsets; 1: the image alone). Each is
 scored with SPAIR-AP (the paper's protocol), SPAIR-AP ranked by presence probability, COCO AP and the count errors. ``results.json`` and ``results.md`` (a table) are written into ``out``.
 """
 

@@ -5,9 +5,10 @@ a digit falls on the grid decides much of what happens to it: two digits that to
 drawn by one object, a digit cut by a cell border can be split between two weak cells, and the box a
 blurry sprite leaves differs by a pixel or two. Moving the image by half a cell changes all of that
 while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on the image as it is and
-padded by half a cell at the top, at the left and at both (:func:`grid_offsets`), moves the boxes back,
-and votes (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one
-object, an object found in at least half of the views is reported, its score its presence probability
+padded by half a cell at the top, at the left and at both (:func:`grid_offsets`; 8 adds the four
+combinations of a quarter and three quarters of a cell), moves the boxes back, and votes
+(:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one object,
+an object found by at least ``VOTE_MIN_VIEWS`` (2) views is reported, its score its presence probability
 averaged over all the views (0 in a view that did not find it). Its box comes mostly from the views that
 explain the image best: each view's reading of the image has a value J of the model's own objective over
 the image's pixels (:func:`spair.models.split.image_objective`: the likelihood, the z_what prior and the
@@ -33,13 +34,15 @@ from ..metrics.ap import box_iou
 from .detector import Detections
 
 GRID_SHIFTS = 4
-"""Views the detector votes over by default (1: the image alone)."""
+"""Views the detector votes over by default (1: the image alone; 8 adds quarter-cell offsets)."""
 VOTE_IOU = 0.3
 """Boxes of two views that overlap at least this much are the same object."""
+VOTE_MIN_VIEWS = 2
+"""An object is reported when at least this many views found it (of 4: half of them)."""
 VOTE_TEMPERATURE = 5.0
 """Nats: an object's box is the mean of the boxes of the views that found it, weighted by exp(−J / this),
 J each view's objective over the image (:func:`view_weights`)."""
-ALLOWED_SHIFTS = (1, 4)
+ALLOWED_SHIFTS = (1, 4, 8)
 
 
 def check_grid_shifts(n: int) -> int:
@@ -49,12 +52,17 @@ def check_grid_shifts(n: int) -> int:
 
 
 def grid_offsets(cell_size: int, n: int) -> list[tuple[int, int]]:
-    """(dy, dx) pixel offsets of the image on the grid: (0, 0) alone, or with a half cell down, right and both."""
+    """(dy, dx) pixel offsets of the image on the grid: (0, 0) alone; with a half cell down, right and
+    both (4); and with a quarter and three quarters of a cell down and right in the four combinations (8)."""
     check_grid_shifts(n)
     if n == 1:
         return [(0, 0)]
     h = max(cell_size // 2, 1)
-    return [(0, 0), (0, h), (h, 0), (h, h)]
+    half = [(0, 0), (0, h), (h, 0), (h, h)]
+    if n == 4:
+        return half
+    q, t = max(cell_size // 4, 1), max(3 * cell_size // 4, 1)
+    return half + [(q, q), (t, t), (q, t), (t, q)]
 
 
 def most_frequent_colours(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
@@ -99,8 +107,8 @@ def view_weights(objectives: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, temperature: float = VOTE_TEMPERATURE,
-                    best_views: int | None = None) -> Detections:
-    """One image's detections from several views: the objects at least half of the views found, most
+                    best_views: int | None = None, min_views: int = VOTE_MIN_VIEWS) -> Detections:
+    """One image's detections from several views: the objects at least ``min_views`` views found, most
     confident first, each with its score averaged over all the views (0 where a view did not find it)
     and the mean of the boxes of the views that found it weighted by how well each view explains the
     image (:func:`view_weights` of their ``objective`` at ``temperature``). With ``best_views`` K, the
@@ -137,7 +145,7 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, temperat
             medians[j] = np.median(members[j], 0)
             scores[j] += float(d.scores[i])
             seen[j].append(v)
-    keep = [j for j in range(len(members)) if 2 * len(seen[j]) >= k]
+    keep = [j for j in range(len(members)) if len(seen[j]) >= min(min_views, k)]
     boxes = medians[keep]
     if all(d.objective is not None for d in views):
         objective = np.asarray([d.objective for d in views], np.float64)
