@@ -1196,8 +1196,9 @@ def _experiment_pretrained(args: argparse.Namespace) -> int:
 
     check_output_file(args.out / "results.json", "--out")
     results = run_pretrained_eval(args.out, args.checkpoint, n_scenes=args.num, cases=args.digits or DEFAULT_CASES,
-                                  cache_dir=args.cache, refine_steps=args.refine_steps, split_min_gain=args.split_min_gain,
-                                  grid_shifts=args.grid_shifts, command=command_line(args),
+                                  cache_dir=args.cache, refine_steps=args.refine_steps,
+                                  split_min_gain=args.split_min_gain, grid_shifts=args.grid_shifts,
+                                  command=command_line(args),
                                   log=lambda msg: _say(args, msg))
     _say(args, results_table(results))
     return 0
