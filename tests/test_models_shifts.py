@@ -9,7 +9,7 @@ from spair.data.scenes import SceneConfig, generate_scenes
 from spair.errors import ConfigError
 from spair.models.detector import Detections
 from spair.models.shifts import (detect_on_shifted_grids, grid_offsets, most_frequent_colours, pad_images, unshift,
-                                 view_weights, vote_detections)
+                                 VOTE_KEEP_SHARE, view_weights, vote_detections)
 from spair.models.spair_detector import SpairDetector
 from test_models_refine import small_model
 from test_models_split import matched
@@ -117,14 +117,34 @@ def test_vote_never_merges_two_boxes_of_one_view():
     np.testing.assert_allclose(v.boxes[np.argsort(v.boxes[:, 0])], [a, b])
 
 
-def test_an_object_is_reported_when_at_least_two_views_found_it():
+def _with_objective(d, j):
+    d.objective = j
+    return d
+
+
+def test_an_object_fewer_than_half_the_views_found_is_reported_when_they_explain_the_image_best():
     digit, speck = [10, 10, 20, 24], [30, 30, 36, 40]
-    views = [_dets(digit, speck), _dets(digit, speck)] + [_dets(digit) for _ in range(6)]     # eight views
+    # eight views; two found the speck too and explain the image 10 nats better than the other six
+    views = ([_with_objective(_dets(digit, speck), 100.0) for _ in range(2)]
+             + [_with_objective(_dets(digit), 110.0) for _ in range(6)])
+    share = 2 * np.exp(0.5) / (2 * np.exp(0.5) + 6)                   # their weights at 20 nats: 0.355
+    assert share >= VOTE_KEEP_SHARE
     v = vote_detections(views)
-    np.testing.assert_allclose(v.boxes, [digit, speck])        # the speck: two of eight
-    np.testing.assert_allclose(v.scores, [1.0, 0.25])          # presence averaged over all eight views
-    assert len(vote_detections(views, min_views=3)) == 1
-    assert len(vote_detections([_dets(digit, speck)] + [_dets(digit) for _ in range(7)])) == 1   # one view: no
+    np.testing.assert_allclose(v.boxes, [digit, speck])
+    np.testing.assert_allclose(v.scores, [1.0, 0.25])                 # presence averaged over all eight views
+    assert len(vote_detections(views, keep_share=0.36)) == 1          # a share above theirs: not reported
+    assert len(vote_detections(views, keep_share=None)) == 1          # half of the views needed
+    assert len(vote_detections(views, min_views=3)) == 1              # two views are too few
+    # the same two views explaining the image 30 nats worse: weight share 2e^-1.5 / (2e^-1.5 + 6) = 0.069
+    worse = [_with_objective(_dets(digit, speck), 140.0) for _ in range(2)] + views[2:]
+    assert len(vote_detections(worse)) == 1
+    # one view is never enough, however well it explains the image
+    one = [_with_objective(_dets(digit, speck), 50.0)] + views[2:]
+    assert len(vote_detections(one)) == 1
+    # without objectives: half of the views (four of eight; two of four)
+    plain = [_dets(digit, speck)] * 4 + [_dets(digit)] * 4
+    assert len(vote_detections(plain)) == 2 and len(vote_detections(plain[3:])) == 1
+    assert len(vote_detections([_dets(digit, speck)] * 2 + [_dets(digit)] * 2)) == 2
 
 
 def test_boxes_below_the_vote_iou_are_different_objects():

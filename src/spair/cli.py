@@ -421,7 +421,9 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--grid-shifts", type=int, choices=(1, 4, 8), default=4, metavar="{1,4,8}",
                        help="spair: detect on the image at 4 offsets of the cell grid (as is, half a cell down, "
                             "right, both) and keep the objects at least two of them find (4, the default), at "
-                            "those and 4 quarter-cell offsets (8: 2x slower), or on the image alone (1: 4x faster)")
+                            "those and 4 quarter-cell offsets (8: 2x slower; objects half of the views find, or "
+                            "two or three of the views explaining the image best), or on the image alone "
+                            "(1: 4x faster)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 

@@ -8,14 +8,17 @@ while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on th
 padded by half a cell at the top, at the left and at both (:func:`grid_offsets`; 8 adds the four
 combinations of a quarter and three quarters of a cell), moves the boxes back, and votes
 (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one object,
-an object found by at least ``VOTE_MIN_VIEWS`` (2) views is reported, its score its presence probability
-averaged over all the views (0 in a view that did not find it). Its box comes mostly from the views that
-explain the image best: each view's reading of the image has a value J of the model's own objective over
-the image's pixels (:func:`spair.models.split.image_objective`: the likelihood, the z_what prior and the
-price of each object, as in the split moves), and the box is the mean of the boxes of the views that
-found the object weighted by exp(−J / ``VOTE_TEMPERATURE``) (5 nats; :func:`view_weights`): a view that
-explains the image 5 nats worse counts e⁻¹ as much. Where the views carry no objective, it is the
-median of all their boxes.
+its score its presence probability averaged over all the views (0 in a view that did not find it).
+Each view's reading of the image has a value J of the model's own objective over the image's pixels
+(:func:`spair.models.split.image_objective`: the likelihood, the z_what prior and the price of each
+object, as in the split moves), and views weigh by exp(−J / T) (:func:`view_weights`). An object is
+reported when at least half of the views found it, or at least ``VOTE_MIN_VIEWS`` (2) views whose
+weights at T = 20 nats make up at least ``VOTE_KEEP_SHARE`` (0.2) of all the views' (of four views, two
+are half: every object two found; of eight, one two or three found only if they are among the views
+that explain the image best). Its box comes mostly from the views that explain the image best: the
+mean of the boxes of the views that found it weighted at T = ``VOTE_TEMPERATURE`` (5 nats): a view that
+explains the image 5 nats worse counts e⁻¹ as much. Where the views carry no objective, an object needs
+half of the views, and its box is the median of all their boxes.
 
 The views disagree mostly where one of them errs, so the vote removes the merged pairs, spurious splits
 and ragged edges that depend on the grid's position (docs/cpu-recipe.md, "Shifted grids"). It costs one
@@ -38,7 +41,12 @@ GRID_SHIFTS = 4
 VOTE_IOU = 0.3
 """Boxes of two views that overlap at least this much are the same object."""
 VOTE_MIN_VIEWS = 2
-"""An object is reported when at least this many views found it (of 4: half of them)."""
+"""No object is reported that fewer views found."""
+VOTE_KEEP_SHARE = 0.2
+"""An object fewer than half of the views found is still reported when at least ``VOTE_MIN_VIEWS`` did and
+their weights at ``VOTE_KEEP_TEMPERATURE`` make up at least this share of all the views' weights."""
+VOTE_KEEP_TEMPERATURE = 20.0
+"""Nats: the temperature of the views' weights (:func:`view_weights`) that ``VOTE_KEEP_SHARE`` is measured in."""
 VOTE_TEMPERATURE = 5.0
 """Nats: an object's box is the mean of the boxes of the views that found it, weighted by exp(−J / this),
 J each view's objective over the image (:func:`view_weights`)."""
@@ -107,13 +115,17 @@ def view_weights(objectives: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, temperature: float = VOTE_TEMPERATURE,
-                    best_views: int | None = None, min_views: int = VOTE_MIN_VIEWS) -> Detections:
-    """One image's detections from several views: the objects at least ``min_views`` views found, most
-    confident first, each with its score averaged over all the views (0 where a view did not find it)
-    and the mean of the boxes of the views that found it weighted by how well each view explains the
-    image (:func:`view_weights` of their ``objective`` at ``temperature``). With ``best_views`` K, the
-    box is instead the median of the boxes of the K views with the lowest objective among those that
-    found it; where a view has no objective, the median of all the boxes.
+                    best_views: int | None = None, min_views: int = VOTE_MIN_VIEWS,
+                    keep_share: float | None = VOTE_KEEP_SHARE,
+                    keep_temperature: float = VOTE_KEEP_TEMPERATURE) -> Detections:
+    """One image's detections from several views: the objects that at least half of the views found, or
+    at least ``min_views`` views whose weights (:func:`view_weights` of their ``objective`` at
+    ``keep_temperature``) sum to at least ``keep_share`` (None, or views without objective: half of the
+    views and at least ``min_views``), most confident first. Each has its score averaged over all the
+    views (0 where a view did not find it) and the mean of the boxes of the views that found it
+    weighted by how well each view explains the image (:func:`view_weights` at ``temperature``). With
+    ``best_views`` K, the box is instead the median of the boxes of the K views with the lowest
+    objective among those that found it; where a view has no objective, the median of all the boxes.
 
     The views are taken in order, each view's boxes most confident first; a box joins the object
     (the cluster of earlier views' boxes) whose median box it overlaps most, if that IoU is at least
@@ -145,10 +157,15 @@ def vote_detections(views: list[Detections], min_iou: float = VOTE_IOU, temperat
             medians[j] = np.median(members[j], 0)
             scores[j] += float(d.scores[i])
             seen[j].append(v)
-    keep = [j for j in range(len(members)) if len(seen[j]) >= min(min_views, k)]
-    boxes = medians[keep]
+    objective = None
     if all(d.objective is not None for d in views):
         objective = np.asarray([d.objective for d in views], np.float64)
+    share = None if objective is None or keep_share is None else view_weights(objective, keep_temperature)
+    least = min(min_views, k)
+    keep = [j for j in range(len(members)) if len(seen[j]) >= least and
+            (2 * len(seen[j]) >= k or (share is not None and share[seen[j]].sum() >= keep_share))]
+    boxes = medians[keep]
+    if objective is not None:
         for r, j in enumerate(keep):
             found = np.asarray(members[j], np.float64)
             if best_views is None:
