@@ -14,8 +14,8 @@ Each view's reading of the image has a value J of the model's own objective over
 object, as in the split moves), and views weigh by exp(−J / T) (:func:`view_weights`). An object is
 reported when at least half of the views found it, or at least ``VOTE_MIN_VIEWS`` (2) views whose
 weights at T = 20 nats make up at least ``VOTE_KEEP_SHARE`` (0.2) of all the views' (of four views, two
-are half: every object two found; of eight, one two or three found only if they are among the views
-that explain the image best). Its box comes mostly from the views that explain the image best: the
+are half: every object two found; of eight, an object two or three found only if they are among the
+views that explain the image best). Its box comes mostly from the views that explain the image best: the
 mean of the boxes of the views that found it weighted at T = ``VOTE_TEMPERATURE`` (5 nats): a view that
 explains the image 5 nats worse counts e⁻¹ as much. Where the views carry no objective, an object needs
 half of the views, and its box is the median of all their boxes.
