@@ -12,9 +12,10 @@ and objectives are then voted with each rule of ``--rules`` ("median", "bestK" f
 "weightedT" for ``temperature=T``: boxes, each with the default keep rule; "keepS" for the default
 weighted boxes with ``keep_share=S``, "keephalf" for ``keep_share=None``: half of the views needed).
 With four views (the default ``--grid-shifts``) two are half, so the keep rules agree and only the
-boxes differ ("median" drops the objectives, so of eight views it keeps what half of them found); ``--grid-shifts 8`` adds the quarter-cell offsets. Prints one JSON line per rule and n
-with SPAIR-AP, AP@0.1, AP@0.5, AP@0.9, the number of boxes against the number of digits and the count
-errors; with ``--out`` writes the JSON atomically.
+boxes differ ("median" drops the objectives, so of eight views it keeps what half of them found);
+``--grid-shifts 8`` adds the quarter-cell offsets. Prints one JSON line per rule and n with SPAIR-AP,
+AP@0.1, AP@0.5, AP@0.9, the number of boxes against the number of digits and the count errors; with
+``--out`` writes the JSON atomically.
 
 Usage::
 
@@ -61,6 +62,16 @@ def views_of(detector, images, grid_shifts: int, batch_size: int = 32) -> list[l
     return views
 
 
+def _number_after(rule: str, prefix: str) -> float | None:
+    """The number that follows ``prefix`` in ``rule``, or None."""
+    if not rule.startswith(prefix):
+        return None
+    try:
+        return float(rule[len(prefix):])
+    except ValueError:
+        return None
+
+
 def vote_options(rule: str) -> dict | None:
     """``vote_detections`` options of a rule: None for "median" (the median of all views' boxes),
     ``best_views=K`` for "bestK", ``temperature=T`` for "weightedT", ``keep_share=S`` for "keepS",
@@ -69,22 +80,14 @@ def vote_options(rule: str) -> dict | None:
         return None
     if rule == "keephalf":
         return {"keep_share": None}
-    if rule.startswith("keep"):
-        try:
-            share = float(rule[4:])
-        except ValueError:
-            share = -1.0
-        if 0 <= share <= 1:
-            return {"keep_share": share}
+    share = _number_after(rule, "keep")
+    if share is not None and 0 <= share <= 1:
+        return {"keep_share": share}
     if rule.startswith("best") and rule[4:].isdigit() and int(rule[4:]) >= 1:
         return {"best_views": int(rule[4:])}
-    if rule.startswith("weighted"):
-        try:
-            t = float(rule[8:])
-        except ValueError:
-            t = 0.0
-        if t > 0:
-            return {"temperature": t}
+    t = _number_after(rule, "weighted")
+    if t is not None and t > 0:
+        return {"temperature": t}
     raise ValueError(f"unknown rule {rule!r} (use median, bestK with K >= 1, weightedT with T > 0, keepS with "
                      "S in [0, 1] or keephalf)")
 
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", nargs="?", default=None)
     ap.add_argument("--digits", default="1,3,5,7,9,20")
     ap.add_argument("--rules", default="median,best1,best2,best3,weighted2,weighted5,weighted10")
-    ap.add_argument("--grid-shifts", type=int, default=None, help="views (default: the detector's default)")
+    from spair.models.shifts import ALLOWED_SHIFTS, GRID_SHIFTS
+
+    ap.add_argument("--grid-shifts", type=int, choices=[n for n in ALLOWED_SHIFTS if n > 1], default=GRID_SHIFTS,
+                    help="views to vote over (default: the detector's default)")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
@@ -147,17 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             vote_options(rule)
         except ValueError as e:
             ap.error(f"--rules: {e}")
-    from spair.errors import ConfigError
-    from spair.models.shifts import GRID_SHIFTS, check_grid_shifts
-
-    grid_shifts = GRID_SHIFTS if args.grid_shifts is None else args.grid_shifts
-    try:
-        if check_grid_shifts(grid_shifts) == 1:
-            raise ConfigError("one view has nothing to vote over")
-    except ConfigError as e:
-        ap.error(f"--grid-shifts: {e}")
     torch.set_num_threads(args.threads)
-    result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed, grid_shifts)
+    result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed,
+                 args.grid_shifts)
     report(result, "box_rule", "vote_boxes.py", argv, args.out, digits=4)
     return 0
 
