@@ -21,7 +21,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/vote_boxes.py [CHECKPOINT] [--digits 1,3,5,7,9,20]
         [--rules median,best1,best2,best3,weighted2,weighted5,weighted10] [--grid-shifts 4]
-        [--n 512] [--seed 11] [--threads 2] [--out F]
+        [--refine-steps K] [--n 512] [--seed 11] [--threads 2] [--out F]
 
     # which objects eight views keep (docs/cpu-recipe.md, "Eight views"):
     PYTHONPATH=src python benchmarks/vote_boxes.py --grid-shifts 8 --digits 3,5,7,9 \
@@ -102,14 +102,16 @@ def vote(views: list[list], rule: str) -> list:
     return [vote_detections([v[i] for v in views], **options) for i in range(len(views[0]))]
 
 
-def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, seed: int, grid_shifts: int) -> dict:
+def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, seed: int, grid_shifts: int,
+        refine_steps: int | None = None) -> dict:
     from split_moves import val_scenes   # the benchmark beside this one (same folder)
 
     from spair.metrics import count_errors, spair_ap
     from spair.models.io import load_model
     from spair.models.spair_detector import SpairDetector
 
-    detector = SpairDetector(model=load_model(checkpoint), grid_shifts=1)
+    options = {} if refine_steps is None else {"refine_steps": refine_steps}
+    detector = SpairDetector(model=load_model(checkpoint), grid_shifts=1, **options)
     rows = []
     for k in digits:
         scenes = val_scenes(k, n, seed)
@@ -126,7 +128,7 @@ def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, see
             print(json.dumps(row), flush=True)
             rows.append(row)
     return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "grid_shifts": grid_shifts,
-            "rows": rows}
+            "refine_steps": detector.refine_steps, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap.add_argument("--grid-shifts", type=int, choices=[n for n in ALLOWED_SHIFTS if n > 1], default=GRID_SHIFTS,
                     help="views to vote over (default: the detector's default)")
+    ap.add_argument("--refine-steps", type=int, default=None, metavar="K",
+                    help="the detector's refinement steps (default: its default)")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
@@ -153,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             vote_options(rule)
         except ValueError as e:
             ap.error(f"--rules: {e}")
+    if args.refine_steps is not None and args.refine_steps < 0:
+        ap.error("--refine-steps must be >= 0")
     torch.set_num_threads(args.threads)
     result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed,
-                 args.grid_shifts)
+                 args.grid_shifts, args.refine_steps)
     report(result, "box_rule", "vote_boxes.py", argv, args.out, digits=4)
     return 0
 
