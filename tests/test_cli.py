@@ -502,6 +502,6 @@ def test_spair_detection_defaults_are_the_library_constants():
     for n in ALLOWED_SHIFTS:
         args = build_parser().parse_args(["eval", "--data", "d", "--grid-shifts", str(n)])
         assert METHODS["spair"].options(args)["grid_shifts"] == n
-    for bad in ("0", "2", "x"):
+    for bad in ("0", "2", "32", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["detect", "x.png", "--out", "r.json", "--grid-shifts", bad])

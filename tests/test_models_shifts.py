@@ -22,7 +22,12 @@ def test_grid_offsets_are_the_image_and_half_a_cell_down_right_and_both():
     # eight: the four and a quarter / three quarters of a cell down and right in each combination
     assert grid_offsets(8, 8) == [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (6, 6), (2, 6), (6, 2)]
     assert grid_offsets(12, 8)[4:] == [(3, 3), (9, 9), (3, 9), (9, 3)]
-    for bad in (0, 2, 3, 5, 6):
+    # sixteen: the eight first, then the rest of the quarter-cell lattice, every offset once
+    sixteen = grid_offsets(8, 16)
+    assert sixteen[:8] == grid_offsets(8, 8)
+    assert sorted(sixteen) == [(dy, dx) for dy in (0, 2, 4, 6) for dx in (0, 2, 4, 6)]
+    assert sorted(grid_offsets(12, 16)) == [(dy, dx) for dy in (0, 3, 6, 9) for dx in (0, 3, 6, 9)]
+    for bad in (0, 2, 3, 5, 6, 12, 32):
         with pytest.raises(ConfigError, match="grid_shifts"):
             grid_offsets(8, bad)
 

@@ -418,12 +418,12 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
                        help="spair, with refinement: replace an object by two when two explain the image better "
                             "by more than G nats (merged overlapping digits), then remove an object that "
                             "explains it better by no more than G nats ('off': neither)")
-    group.add_argument("--grid-shifts", type=int, choices=(1, 4, 8), default=4, metavar="{1,4,8}",
+    group.add_argument("--grid-shifts", type=int, choices=(1, 4, 8, 16), default=4, metavar="{1,4,8,16}",
                        help="spair: detect on the image at 4 offsets of the cell grid (as is, half a cell down, "
                             "right, both) and keep the objects at least two of them find (4, the default), at "
                             "those and 4 quarter-cell offsets (8: 2x slower; objects half of the views find, or "
-                            "two or three of the views explaining the image best), or on the image alone "
-                            "(1: 4x faster)")
+                            "two or more of the views explaining the image best), at every offset by a quarter "
+                            "cell (16: 4x slower), or on the image alone (1: 4x faster)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
@@ -1167,8 +1167,9 @@ def _experiment_pretrained_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-min-gain", type=_split_gain, default=30.0, metavar="G",
                    help="with refinement: replace an object by two when two explain the image better by more "
                         "than G nats, then remove an object worth no more than G nats ('off': neither)")
-    p.add_argument("--grid-shifts", type=int, choices=(1, 4, 8), default=4, metavar="{1,4,8}",
-                   help="vote over the image at 4 offsets of the cell grid (default) or 8, or detect on it alone (1)")
+    p.add_argument("--grid-shifts", type=int, choices=(1, 4, 8, 16), default=4, metavar="{1,4,8,16}",
+                   help="vote over the image at 4 offsets of the cell grid (default), 8 or 16, or detect on it "
+                        "alone (1)")
     p.add_argument("--digits", type=_pretrained_cases, default=None, metavar="LIST",
                    help="only these cases, by number of digits (e.g. 7,9; 20 is the 84x84 case) (default: all)")
     add_cache_argument(p)

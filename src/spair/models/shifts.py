@@ -6,7 +6,8 @@ drawn by one object, a digit cut by a cell border can be split between two weak 
 blurry sprite leaves differs by a pixel or two. Moving the image by half a cell changes all of that
 while the scene stays the same. With ``grid_shifts`` = 4 the detector runs on the image as it is and
 padded by half a cell at the top, at the left and at both (:func:`grid_offsets`; 8 adds the four
-combinations of a quarter and three quarters of a cell), moves the boxes back, and votes
+combinations of a quarter and three quarters of a cell, 16 every offset by 0, ¼, ½ or ¾ of a cell in each
+direction), moves the boxes back, and votes
 (:func:`vote_detections`): boxes of different views that overlap (IoU ≥ ``VOTE_IOU``) are one object,
 its score its presence probability averaged over all the views (0 in a view that did not find it).
 Each view's reading of the image has a value J of the model's own objective over the image's pixels
@@ -37,7 +38,7 @@ from ..metrics.ap import box_iou
 from .detector import Detections
 
 GRID_SHIFTS = 4
-"""Views the detector votes over by default (1: the image alone; 8 adds quarter-cell offsets)."""
+"""Views the detector votes over by default (1: the image alone; 8 and 16 add quarter-cell offsets)."""
 VOTE_IOU = 0.3
 """Boxes of two views that overlap at least this much are the same object."""
 VOTE_MIN_VIEWS = 2
@@ -50,7 +51,7 @@ VOTE_KEEP_TEMPERATURE = 20.0
 VOTE_TEMPERATURE = 5.0
 """Nats: an object's box is the mean of the boxes of the views that found it, weighted by exp(−J / this),
 J each view's objective over the image (:func:`view_weights`)."""
-ALLOWED_SHIFTS = (1, 4, 8)
+ALLOWED_SHIFTS = (1, 4, 8, 16)
 
 
 def check_grid_shifts(n: int) -> int:
@@ -61,7 +62,10 @@ def check_grid_shifts(n: int) -> int:
 
 def grid_offsets(cell_size: int, n: int) -> list[tuple[int, int]]:
     """(dy, dx) pixel offsets of the image on the grid: (0, 0) alone; with a half cell down, right and
-    both (4); and with a quarter and three quarters of a cell down and right in the four combinations (8)."""
+    both (4); and with a quarter and three quarters of a cell down and right in the four combinations (8);
+    and the other eight points of the quarter-cell lattice, each a quarter or three quarters of a cell one
+    way and none or half a cell the other (16: every offset by 0, ¼, ½ or ¾ of a cell in each direction).
+    The views of fewer shifts come first, in the same order."""
     check_grid_shifts(n)
     if n == 1:
         return [(0, 0)]
@@ -70,7 +74,10 @@ def grid_offsets(cell_size: int, n: int) -> list[tuple[int, int]]:
     if n == 4:
         return half
     q, t = max(cell_size // 4, 1), max(3 * cell_size // 4, 1)
-    return half + [(q, q), (t, t), (q, t), (t, q)]
+    quarter = half + [(q, q), (t, t), (q, t), (t, q)]
+    if n == 8:
+        return quarter
+    return quarter + [(0, q), (q, 0), (0, t), (t, 0), (h, q), (q, h), (h, t), (t, h)]
 
 
 def most_frequent_colours(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
