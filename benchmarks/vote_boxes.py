@@ -103,15 +103,14 @@ def vote(views: list[list], rule: str) -> list:
 
 
 def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, seed: int, grid_shifts: int,
-        refine_steps: int | None = None) -> dict:
+        refine_steps: int) -> dict:
     from split_moves import val_scenes   # the benchmark beside this one (same folder)
 
     from spair.metrics import count_errors, spair_ap
     from spair.models.io import load_model
     from spair.models.spair_detector import SpairDetector
 
-    options = {} if refine_steps is None else {"refine_steps": refine_steps}
-    detector = SpairDetector(model=load_model(checkpoint), grid_shifts=1, **options)
+    detector = SpairDetector(model=load_model(checkpoint), grid_shifts=1, refine_steps=refine_steps)
     rows = []
     for k in digits:
         scenes = val_scenes(k, n, seed)
@@ -128,7 +127,7 @@ def run(checkpoint: str | None, digits: list[int], rules: list[str], n: int, see
             print(json.dumps(row), flush=True)
             rows.append(row)
     return {"checkpoint": checkpoint or "shipped", "split": "val", "seed": seed, "grid_shifts": grid_shifts,
-            "refine_steps": detector.refine_steps, "rows": rows}
+            "refine_steps": refine_steps, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", nargs="?", default=None)
     ap.add_argument("--digits", default="1,3,5,7,9,20")
     ap.add_argument("--rules", default="median,best1,best2,best3,weighted2,weighted5,weighted10")
+    from spair.models.refine import REFINE_STEPS
     from spair.models.shifts import ALLOWED_SHIFTS, GRID_SHIFTS
 
     ap.add_argument("--grid-shifts", type=int, choices=[n for n in ALLOWED_SHIFTS if n > 1], default=GRID_SHIFTS,
                     help="views to vote over (default: the detector's default)")
-    ap.add_argument("--refine-steps", type=int, default=None, metavar="K",
+    ap.add_argument("--refine-steps", type=int, default=REFINE_STEPS, metavar="K",
                     help="the detector's refinement steps (default: its default)")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--seed", type=int, default=11)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             vote_options(rule)
         except ValueError as e:
             ap.error(f"--rules: {e}")
-    if args.refine_steps is not None and args.refine_steps < 0:
+    if args.refine_steps < 0:
         ap.error("--refine-steps must be >= 0")
     torch.set_num_threads(args.threads)
     result = run(args.checkpoint, [int(d) for d in args.digits.split(",")], rules, args.n, args.seed,
