@@ -423,7 +423,7 @@ def _spair_arguments(group: argparse._ArgumentGroup) -> None:
                             "right, both) and keep the objects at least two of them find (4, the default), at "
                             "those and 4 quarter-cell offsets (8: 2x slower; objects half of the views find, or "
                             "two or more of the views explaining the image best), at every offset by a quarter "
-                            "cell (16: 4x slower), or on the image alone (1: 4x faster)")
+                            "cell (16: about 5x slower), or on the image alone (1: 4x faster)")
     group.add_argument("--sample", choices=("mean", "hard"), default="mean",
                        help="spair: deterministic inference, or the paper's stochastic samples")
 
