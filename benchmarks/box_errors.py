@@ -48,28 +48,19 @@ REPAIRS = (0, 10, 20, 40, 80, 160)
 BATCH = 32   # the protocol's batch of images (``spair_ap``'s default)
 
 
-def matched_digits(pred: list[np.ndarray], gt: list[np.ndarray], thresholds: np.ndarray) -> tuple[np.ndarray, int]:
+def matched_digits(pred: list[np.ndarray], gt: list[np.ndarray], thresholds: np.ndarray
+                   ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per threshold, the number of digits the protocol's greedy matching leaves unmatched, per batch
-    (n_thr, n_batches); and the number of predictions it counts as false at every threshold."""
+    (n_thr, n_batches); and per image, which predictions it counts as false at every threshold (a box
+    false at a low threshold can still match at a higher one, where an earlier box fails)."""
     from spair.metrics.ap import box_iou, match_predictions
 
     statuses = match_predictions([box_iou(p, g) for p, g in zip(pred, gt)], thresholds)
     n_batches = -(-len(gt) // BATCH)
     missed = np.zeros((thresholds.size, n_batches), np.int64)
-    false_pos = 0
     for i, (s, g) in enumerate(zip(statuses, gt)):
         missed[:, i // BATCH] += len(g) - (s == 1).sum(1)
-        false_pos += int((s == 0).all(0).sum())
-    return missed, false_pos
-
-
-def without_false_positives(pred: list[np.ndarray], gt: list[np.ndarray], thresholds: np.ndarray) -> list[np.ndarray]:
-    """Each image's boxes less those the greedy matching counts as false at every threshold (an oracle;
-    a box false at a low threshold can still match at a higher one, where an earlier box fails)."""
-    from spair.metrics.ap import box_iou, match_predictions
-
-    statuses = match_predictions([box_iou(p, g) for p, g in zip(pred, gt)], thresholds)
-    return [p[~(s == 0).all(0)] for p, s in zip(pred, statuses)]
+    return missed, [(s == 0).all(0) for s in statuses]
 
 
 def repaired(pred: list[np.ndarray], gt: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -103,14 +94,14 @@ def analyse(pred: list[np.ndarray], gt: list[np.ndarray]) -> dict:
 
     thr = np.asarray(DEFAULT_IOU_THRESHOLDS, np.float64)
     ap = spair_ap(pred, gt, None)
-    missed, false_pos = matched_digits(pred, gt, thr)
+    missed, false = matched_digits(pred, gt, thr)
     per_threshold = [{"iou": round(float(t), 1), "AP": round(ap[f"AP@{t:.1f}"], 4),
                       "digits_missed": int(missed[a].sum()),
                       "batches_complete": int((missed[a] == 0).sum())} for a, t in enumerate(thr)]
-    clean = without_false_positives(pred, gt, thr)
+    clean = [p[~f] for p, f in zip(pred, false)]           # an oracle: the ground truth says which
     return {"spair_AP": round(ap["AP"], 4), "digits": int(sum(len(g) for g in gt)),
             "boxes": int(sum(len(p) for p in pred)), "batches": int(missed.shape[1]),
-            "per_threshold": per_threshold, "false_positives": false_pos,
+            "per_threshold": per_threshold, "false_positives": int(sum(f.sum() for f in false)),
             "spair_AP_without_false_positives": round(spair_ap(clean, gt, None)["AP"], 4),
             "repair_curve": {str(k): round(spair_ap(repaired(pred, gt, k), gt, None)["AP"], 4) for k in REPAIRS}}
 
