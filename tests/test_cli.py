@@ -395,6 +395,24 @@ def test_generate_export_detect_eval_round_trip(capsys, tmp_path):
         assert f"{from_file[key]:.4f}" in out2.split(label)[1].splitlines()[0], label
 
 
+def test_continuing_preset_needs_init_from_and_reproduces_the_shipped_models_second_stage(capsys, tmp_path):
+    """'pretrained_stage2' is refused without init_from; with it, it is the recorded config of the shipped
+    model's second stage (results/pretrained/fine_tuned_48/config.json) but for the file and thread count."""
+    code, out, err = run(capsys, "train", "--preset", "pretrained_stage2", "--out", tmp_path / "run", "--print-config")
+    assert code == 2 and out == ""
+    assert_one_error(err, "pretrained_stage2", "init_from=")
+    assert not (tmp_path / "run").exists()
+    code, out, _ = run(capsys, "train", "--preset", "pretrained_stage2", "--out", tmp_path / "run", "--print-config",
+                       "init_from=stage1.safetensors")
+    assert code == 0
+    resolved = json.loads(out)
+    recorded = json.loads((Path(__file__).resolve().parents[1] / "results/pretrained/fine_tuned_48/config.json")
+                          .read_text())
+    assert (resolved.pop("init_from"), resolved.pop("num_threads")) == ("stage1.safetensors", 0)
+    recorded.pop("init_from"), recorded.pop("num_threads")
+    assert resolved == recorded
+
+
 def test_eval_argument_errors(capsys, tmp_path):
     code, _, err = run(capsys, "eval")
     assert code == 2

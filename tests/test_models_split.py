@@ -1,11 +1,13 @@
 """Split moves: where the proposals put the two children, when the moves leave the output alone,
 what an accepted split changes (and what it does not), and that on held-out scenes they find digits
-the shipped model had merged, without splitting single digits. Removal moves: each object's gain is
+a model had merged (the first stage of the shipped model, which merges more of them than the shipped
+model), without splitting single digits. Removal moves: each object's gain is
 the objective without it minus with it, a duplicate goes and its twin stays, and on held-out scenes
 they drop boxes without losing digits."""
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,15 +65,27 @@ def shipped():
     return load_model(None)
 
 
-def test_an_accepted_split_adds_one_slot_per_split_object_and_leaves_the_model_alone(shipped):
+#: The shipped model's first stage, trained on crops only (the package's model until 2026-12-06): it draws
+#: more overlapping digit pairs as one object than the shipped model, whose second stage on whole crowded
+#: scenes left the split moves little to find (64 validation scenes of 9 digits, one view: 566 → 569 of
+#: 576 digits matched at IoU 0.5, against 549 → 564 here; docs/decisions.md, "Split moves").
+FIRST_STAGE = Path(__file__).resolve().parents[1] / "results/pretrained/crops_only/spair-mnist-crops.safetensors"
+
+
+@pytest.fixture(scope="module")
+def merging():
+    return load_model(FIRST_STAGE)
+
+
+def test_an_accepted_split_adds_one_slot_per_split_object_and_leaves_the_model_alone(merging):
     scenes = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(9, 9), split="val"), 32, 5)
     x = torch.from_numpy(scenes.images).permute(0, 3, 1, 2).float() / 255
-    out = run_model(shipped, x)
-    out, present = reported_objects(shipped, out, x=x, refine_steps=20, split_min_gain=None)
-    seg, _ = segment_boxes_px(shipped, out, x, present)
-    before = {k: v.clone() for k, v in shipped.state_dict().items()}
-    flags = [p.requires_grad for p in shipped.parameters()]
-    new, keep = split_objects(shipped, out, x, present, seg.float())
+    out = run_model(merging, x)
+    out, present = reported_objects(merging, out, x=x, refine_steps=20, split_min_gain=None)
+    seg, _ = segment_boxes_px(merging, out, x, present)
+    before = {k: v.clone() for k, v in merging.state_dict().items()}
+    flags = [p.requires_grad for p in merging.parameters()]
+    new, keep = split_objects(merging, out, x, present, seg.float())
     B, N = present.shape
     E = keep.shape[1] - N
     assert E >= 1
@@ -87,26 +101,26 @@ def test_an_accepted_split_adds_one_slot_per_split_object_and_leaves_the_model_a
         assert float(new.pres_prob[b, i]) in new.pres_prob[b, N:].flatten().tolist()
     assert new.visible_ink is None and new.sprites_rgb is None
     assert new.params["what_mean"].shape[:2] == (B, N + E)
-    for k, v in shipped.state_dict().items():
+    for k, v in merging.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert [p.requires_grad for p in shipped.parameters()] == flags
+    assert [p.requires_grad for p in merging.parameters()] == flags
     # the output with new slots refines like any other
-    again = refine_latents(shipped, new, x, keep, steps=2)
+    again = refine_latents(merging, new, x, keep, steps=2)
     assert again.z_what.shape == new.z_what.shape
 
 
-def test_split_moves_find_merged_digits_and_leave_single_digits_alone(shipped):
+def test_split_moves_find_merged_digits_and_leave_single_digits_alone(merging):
     """Held-out scenes of 9 digits: more digits matched at IoU 0.5 (the merged ones); scenes of one
     digit: not one more box."""
     crowded = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(9, 9), split="val"), 32, 5)
-    off = SpairDetector(model=shipped, split_min_gain=None, grid_shifts=1).detect(list(crowded.images))
-    on = SpairDetector(model=shipped, grid_shifts=1).detect(list(crowded.images))
+    off = SpairDetector(model=merging, split_min_gain=None, grid_shifts=1).detect(list(crowded.images))
+    on = SpairDetector(model=merging, grid_shifts=1).detect(list(crowded.images))
     assert matched(on, crowded.boxes) >= matched(off, crowded.boxes) + 8, (matched(off, crowded.boxes),
                                                                           matched(on, crowded.boxes))
     single = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(1, 1), split="val"), 64, 5)
-    dets = SpairDetector(model=shipped, grid_shifts=1).detect(list(single.images))
+    dets = SpairDetector(model=merging, grid_shifts=1).detect(list(single.images))
     assert [len(d) for d in dets] == [len(d) for d in
-                                      SpairDetector(model=shipped, split_min_gain=None, grid_shifts=1).detect(list(single.images))]
+                                      SpairDetector(model=merging, split_min_gain=None, grid_shifts=1).detect(list(single.images))]
 
 
 def test_detector_rejects_a_negative_gain():

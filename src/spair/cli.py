@@ -1240,7 +1240,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, metavar="NAME",
-                     help="start from a named configuration: demo, pretrained, paper, tiny (default: demo)")
+                     help="start from a named configuration: demo, pretrained, pretrained_stage2, paper, cpu, "
+                          "smoke, tiny (default: demo)")
     src.add_argument("--config", type=Path, default=None, metavar="FILE",
                      help="start from a JSON or TOML configuration file (e.g. a run's config.json)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -1259,7 +1260,7 @@ def resolve_train_config(args: argparse.Namespace):
     """The TrainConfig of ``--preset``/``--config`` with the KEY=VALUE overrides applied."""
     from .config import apply_overrides, from_dict, load_config_file
     from .training.config import TrainConfig
-    from .training.presets import get_preset
+    from .training.presets import CONTINUING, get_preset
 
     if args.config is not None:
         data = load_config_file(args.config)
@@ -1269,7 +1270,11 @@ def resolve_train_config(args: argparse.Namespace):
             raise ConfigError(f"{args.config}: {e}") from None
     else:
         cfg = get_preset(args.preset or "demo")
-    return apply_overrides(cfg, list(args.overrides))
+    cfg = apply_overrides(cfg, list(args.overrides))
+    if args.preset in CONTINUING and not cfg.init_from:
+        raise ConfigError(f"preset '{args.preset}' continues a trained model: pass init_from=FILE "
+                          "(a checkpoint or model file of the 'pretrained' preset)")
+    return cfg
 
 
 def parse_seeds(text: str) -> list[int]:
