@@ -406,8 +406,7 @@ def test_continuing_preset_needs_init_from_and_reproduces_the_shipped_models_sec
                        "init_from=stage1.safetensors")
     assert code == 0
     resolved = json.loads(out)
-    recorded = json.loads((Path(__file__).resolve().parents[1] / "results/pretrained/fine_tuned_48/config.json")
-                          .read_text())
+    recorded = json.loads((SRC.parent / "results/pretrained/fine_tuned_48/config.json").read_text())
     assert (resolved.pop("init_from"), resolved.pop("num_threads")) == ("stage1.safetensors", 0)
     recorded.pop("init_from"), recorded.pop("num_threads")
     assert resolved == recorded
