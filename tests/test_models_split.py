@@ -109,18 +109,19 @@ def test_an_accepted_split_adds_one_slot_per_split_object_and_leaves_the_model_a
     assert again.z_what.shape == new.z_what.shape
 
 
-def test_split_moves_find_merged_digits_and_leave_single_digits_alone(merging):
+def test_split_moves_find_merged_digits_and_leave_single_digits_alone(merging, shipped):
     """Held-out scenes of 9 digits: more digits matched at IoU 0.5 (the merged ones); scenes of one
-    digit: not one more box."""
+    digit: not one more box, with the first stage or the shipped model."""
     crowded = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(9, 9), split="val"), 32, 5)
     off = SpairDetector(model=merging, split_min_gain=None, grid_shifts=1).detect(list(crowded.images))
     on = SpairDetector(model=merging, grid_shifts=1).detect(list(crowded.images))
     assert matched(on, crowded.boxes) >= matched(off, crowded.boxes) + 8, (matched(off, crowded.boxes),
                                                                           matched(on, crowded.boxes))
     single = generate_scenes(SceneConfig(image_size=(48, 48), n_objects=(1, 1), split="val"), 64, 5)
-    dets = SpairDetector(model=merging, grid_shifts=1).detect(list(single.images))
-    assert [len(d) for d in dets] == [len(d) for d in
-                                      SpairDetector(model=merging, split_min_gain=None, grid_shifts=1).detect(list(single.images))]
+    for model in (merging, shipped):
+        dets = SpairDetector(model=model, grid_shifts=1).detect(list(single.images))
+        assert [len(d) for d in dets] == [len(d) for d in
+                                          SpairDetector(model=model, split_min_gain=None, grid_shifts=1).detect(list(single.images))]
 
 
 def test_detector_rejects_a_negative_gain():
